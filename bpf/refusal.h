@@ -1,0 +1,281 @@
+/* Layout shared by every handler and by tracer/probe/decode.py: the event record, the
+ * counting maps, and the helpers that read kernel memory through BTF offsets.
+ *
+ * bcc compiles this against whatever kernel headers are installed, which may belong to
+ * another kernel version (Debian's 6.1 headers on 6.18 here). So no kernel struct is ever
+ * dereferenced through a header type: every field is read with bpf_probe_read_kernel at an
+ * offset taken from /sys/kernel/btf/vmlinux and passed in as an OFF_* define by
+ * tracer/probe/load.py. Drop-reason numbers come in the same way (R_* defines) from the
+ * tracefs format file, because their values differ between kernels.
+ */
+#ifndef REFUSAL_H
+#define REFUSAL_H
+
+/* Kind ids: the values of tracer.model.Kind. */
+#define KIND_SYN_DROP       1
+#define KIND_ACK_DROP       2
+#define KIND_SYN_COOKIE     3
+#define KIND_COOKIE_FAIL    4
+#define KIND_SYNACK_RETRANS 5
+#define KIND_TW_REUSE_OUT   6
+#define KIND_TW_REUSE_IN    7
+#define KIND_TW_PAWS        8
+#define KIND_PAWS           9
+#define KIND_PAWS_ACTIVE    10
+#define KIND_MAX            16
+/* Not a refusal: withdraws a syn_drop that turned out to be answered late (ARP/ND). */
+#define RECORD_RETRACT      15
+
+/* Reasons the kernel has no drop-reason name for (syn_drop): which queue was full. */
+#define REASON_NONE              0xffffffff
+#define REASON_ACCEPT_QUEUE_FULL 0x10001
+#define REASON_SYN_QUEUE_FULL    0x10002
+
+/* Event flags. */
+#define EVF_PENDING 1   /* syn_drop whose SYN-ACK may still leave after ARP/ND: hold it */
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+#define ST_SYN_SENT  2
+#define ST_TIME_WAIT 6
+#define ST_CLOSE     7
+#define ST_LISTEN    10
+
+struct refusal_event {
+    u64 ts;            /* bpf_ktime_get_ns() */
+    u32 netns;         /* net->ns.inum */
+    u32 reason;        /* kernel drop reason number, REASON_* above, or REASON_NONE */
+    u8  kind;          /* KIND_* or RECORD_RETRACT */
+    u8  family;        /* 4 or 6 */
+    u16 peer_port;
+    u16 local_port;
+    u16 flags;         /* EVF_* */
+    u8  peer[16];      /* IPv4 in the first 4 bytes */
+    u8  local[16];
+};
+
+/* Per (netns, local port, kind, peer): exact counts, independent of the event stream. */
+struct peer_key {
+    u32 netns;
+    u16 local_port;
+    u8  kind;
+    u8  family;
+    u8  peer[16];
+};
+
+/* A TCP segment as the handlers need it, parsed from the skb. */
+struct segment {
+    u8  saddr[16];     /* first: 8-byte aligned for word compares */
+    u8  daddr[16];
+    u16 sport;
+    u16 dport;
+    u8  family;
+    u8  flags;         /* TCP flags byte */
+} __attribute__((aligned(8)));
+
+/* Statistics slots (per-CPU array "stats"). */
+#define STAT_LOST       0   /* ring buffer full: event not delivered */
+#define STAT_SUPPRESSED 1   /* held back by the events-per-second cap */
+#define STAT_INSERTS    2   /* new peer_counts entries (minus live entries = evicted) */
+#define STAT_MAX        4
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_TABLE("lru_percpu_hash", struct peer_key, u64, peer_counts, MAX_PEERS);
+BPF_PERCPU_ARRAY(kind_totals, u64, KIND_MAX);
+BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
+
+/* Events-per-second cap: per-CPU GCRA. tat is the theoretical arrival time of the next
+ * event; an event passes when tat <= now + burst, and pushes tat one interval further. */
+struct rate_state { u64 tat; };
+BPF_PERCPU_ARRAY(rate, struct rate_state, 1);
+
+/* ---------------------------------------------------------------- kernel reads */
+
+#define READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))
+
+static __always_inline u32 net_inum(void *net)
+{
+    u32 inum = 0;
+    if (net)
+        READ(inum, net, OFF_NET_INUM);
+    return inum;
+}
+
+/* Namespace of a socket of any kind (full, request, TIME-WAIT): sock_common.skc_net. */
+static __always_inline u32 sk_netns(void *sk)
+{
+    void *net = 0;
+    if (!sk)
+        return 0;
+    READ(net, sk, OFF_SKC_NET);
+    return net_inum(net);
+}
+
+static __always_inline u32 dev_netns(void *dev)
+{
+    void *net = 0;
+    if (!dev)
+        return 0;
+    READ(net, dev, OFF_DEV_NET);
+    return net_inum(net);
+}
+
+/* Namespace of a received skb once TCP has it. tcp_v4_rcv/tcp_v6_rcv set skb->dev = NULL,
+ * but the input route stays attached (noref) while the segment is processed, and its
+ * device (loopback or the ingress device, or a VRF master) lives in the same namespace. */
+static __always_inline u32 rx_skb_netns(void *skb)
+{
+    unsigned long refdst = 0;
+    void *dev = 0;
+    READ(refdst, skb, OFF_SKB_REFDST);
+    refdst &= ~1UL;                    /* SKB_DST_NOREF flag bit */
+    if (!refdst)
+        return 0;
+    READ(dev, (void *)refdst, OFF_DST_DEV);
+    return dev_netns(dev);
+}
+
+/* Parse the IP and TCP headers at head + network_header / transport_header. Both offsets
+ * are valid on receive (set by ip_rcv_core/ipv6_rcv) and on transmit (set by the TCP/IP
+ * output path), and transport_header already skips IPv6 extension headers. */
+static __always_inline int parse_segment(void *skb, struct segment *s)
+{
+    u16 proto = 0, nh = 0, th = 0;
+    unsigned char *head = 0;
+    READ(proto, skb, OFF_SKB_PROTOCOL);
+    READ(head, skb, OFF_SKB_HEAD);
+    READ(nh, skb, OFF_SKB_NETWORK_HEADER);
+    READ(th, skb, OFF_SKB_TRANSPORT_HEADER);
+    if (!head || nh == 0xffff || th == 0xffff)
+        return -1;
+    if (proto == bpf_htons(0x0800)) {
+        u8 ip[20];
+        if (bpf_probe_read_kernel(ip, sizeof(ip), head + nh) || ip[9] != 6)
+            return -1;
+        s->family = 4;
+        __builtin_memcpy(s->saddr, &ip[12], 4);
+        __builtin_memcpy(s->daddr, &ip[16], 4);
+    } else if (proto == bpf_htons(0x86DD)) {
+        if (bpf_probe_read_kernel(s->saddr, 16, head + nh + 8) ||
+            bpf_probe_read_kernel(s->daddr, 16, head + nh + 24))
+            return -1;
+        s->family = 6;
+    } else {
+        return -1;
+    }
+    u8 tcp[14];
+    if (bpf_probe_read_kernel(tcp, sizeof(tcp), head + th))
+        return -1;
+    s->sport = ((u16)tcp[0] << 8) | tcp[1];
+    s->dport = ((u16)tcp[2] << 8) | tcp[3];
+    s->flags = tcp[13];
+    return 0;
+}
+
+/* ---------------------------------------------------------------- counting and events */
+
+static __always_inline void count_peer(struct peer_key *k, s64 delta)
+{
+    u64 *v = peer_counts.lookup(k);
+    if (!v) {
+        u64 zero = 0;
+        peer_counts.update(k, &zero);
+        u32 slot = STAT_INSERTS;
+        u64 *ins = stats.lookup(&slot);
+        if (ins)
+            *ins += 1;
+        v = peer_counts.lookup(k);
+        if (!v)
+            return;
+    }
+    *v += delta;                       /* per-CPU value: no atomics needed */
+    u32 kind = k->kind;
+    u64 *t = kind_totals.lookup(&kind);
+    if (t)
+        *t += delta;
+}
+
+static __always_inline void bump_stat(u32 slot)
+{
+    u64 *v = stats.lookup(&slot);
+    if (v)
+        *v += 1;
+}
+
+/* Event-rate cap (--max-events-per-second); RATE_INTERVAL_NS 0 means no cap. */
+static __always_inline int rate_allows(u64 now)
+{
+#if RATE_INTERVAL_NS > 0
+    u32 z = 0;
+    struct rate_state *r = rate.lookup(&z);
+    if (!r)
+        return 1;
+    u64 tat = r->tat > now ? r->tat : now;
+    if (tat > now + RATE_BURST_NS)
+        return 0;
+    r->tat = tat + RATE_INTERVAL_NS;
+#endif
+    return 1;
+}
+
+/* Never wake the reader: a wake-up per event costs microseconds under a flood. User space
+ * drains the ring on a timer (every 50 ms), and the ring holds far more than that. */
+static __always_inline void submit(struct refusal_event *e)
+{
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+/* Put one record on the ring buffer; a full ring is counted, never silent. */
+static __always_inline void emit(u8 kind, u32 netns, struct segment *s, int peer_is_src,
+                                 u32 reason, u16 flags, u64 now)
+{
+    struct refusal_event *e = events.ringbuf_reserve(sizeof(struct refusal_event));
+    if (!e) {
+        bump_stat(STAT_LOST);
+        return;
+    }
+    e->ts = now;
+    e->netns = netns;
+    e->reason = reason;
+    e->kind = kind;
+    e->family = s->family;
+    e->flags = flags;
+    if (peer_is_src) {
+        e->peer_port = s->sport;
+        e->local_port = s->dport;
+        __builtin_memcpy(e->peer, s->saddr, 16);
+        __builtin_memcpy(e->local, s->daddr, 16);
+    } else {
+        e->peer_port = s->dport;
+        e->local_port = s->sport;
+        __builtin_memcpy(e->peer, s->daddr, 16);
+        __builtin_memcpy(e->local, s->saddr, 16);
+    }
+    submit(e);
+}
+
+/* Count one refusal (always, exactly) and emit its event (unless the rate cap holds it
+ * back). peer_is_src: the peer is the segment's source (inbound) or its destination. */
+static __always_inline void report(u8 kind, u32 netns, struct segment *s, int peer_is_src,
+                                   u32 reason, u16 flags)
+{
+    struct peer_key k = {};
+    k.netns = netns;
+    k.kind = kind;
+    k.family = s->family;
+    k.local_port = peer_is_src ? s->dport : s->sport;
+    __builtin_memcpy(k.peer, peer_is_src ? s->saddr : s->daddr, 16);
+    count_peer(&k, 1);
+
+    u64 now = bpf_ktime_get_ns();
+    if (!rate_allows(now)) {
+        bump_stat(STAT_SUPPRESSED);
+        return;
+    }
+    emit(kind, netns, s, peer_is_src, reason, flags, now);
+}
+
+#endif /* REFUSAL_H */

@@ -1,0 +1,84 @@
+/* Entry point compiled by bcc: the shared layout, each family's handlers, and the table of
+ * tracepoints that dispatches to them. The TRACEPOINT_PROBEs must live in this file (bcc
+ * generates their argument structs only for the main file); they read the tracepoint
+ * fields and pass plain values on. tracer/probe/load.py passes every OFF_* (BTF offsets),
+ * R_* (drop reasons), SYM_* (symbol ranges) and tuning define, and -I for this directory.
+ *
+ * Every handler returns 0: a non-zero return sends the event on to perf (~500 ns).
+ */
+#include <linux/types.h>
+#include <linux/skbuff.h>      /* enum skb_drop_reason, the type of kfree_skb.reason */
+#include <linux/socket.h>
+#include <linux/in.h>
+
+#include "refusal.h"
+#include "syn.c"
+
+/* Every packet handed to a device. SYN-ACKs are short: the tracepoint's own len field
+ * rejects data segments before any memory read. */
+TRACEPOINT_PROBE(net, net_dev_queue)
+{
+    if (args->len > MAX_SYNACK_LEN)
+        return 0;
+    syn_on_dev_queue(args->skbaddr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(neigh, neigh_event_send_done)
+{
+    if (args->err)
+        syn_on_neigh_deferred();
+    return 0;
+}
+
+/* Every freed packet: reject on the caller's address before any memory read. */
+TRACEPOINT_PROBE(skb, consume_skb)
+{
+    u64 loc = (u64)args->location;
+    if (loc < SYM_TCP_RCV_STATE_PROCESS_START || loc >= SYM_TCP_RCV_STATE_PROCESS_END)
+        return 0;
+    syn_on_consume(args->skbaddr);
+    return 0;
+}
+
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+    u32 reason = args->reason;
+    if (reason != R_TCP_LISTEN_OVERFLOW && reason != R_NO_SOCKET && reason != R_TCP_FLAGS)
+        return 0;
+    if (args->protocol != 0x0800 && args->protocol != 0x86DD)
+        return 0;
+#ifdef HAVE_RX_SK
+    void *rx_sk = (void *)args->rx_sk;
+#else
+    void *rx_sk = 0;
+#endif
+    syn_on_kfree(args->skbaddr, reason, (u64)args->location, rx_sk);
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
+{
+    struct segment s = {};
+    if (args->family == AF_INET6) {
+        s.family = 6;
+        bpf_probe_read_kernel(s.saddr, 16, args->saddr_v6);
+        bpf_probe_read_kernel(s.daddr, 16, args->daddr_v6);
+    } else {
+        s.family = 4;
+        bpf_probe_read_kernel(s.saddr, 4, args->saddr);
+        bpf_probe_read_kernel(s.daddr, 4, args->daddr);
+    }
+    s.sport = args->sport;
+    s.dport = args->dport;
+    syn_on_retransmit_synack((void *)args->skaddr, &s);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    syn_on_set_state((void *)args->skaddr, args->oldstate, args->newstate);
+    return 0;
+}

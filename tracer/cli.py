@@ -1,0 +1,136 @@
+"""Command line: parses options, wires a source to a sink, maps errors to exit codes.
+
+`main()` is the only place that turns exceptions into messages: a TracerError becomes one
+line with its remedy (exit 1, or 2 for usage), anything else a one-line internal error
+(traceback with --debug).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tracer import __version__
+from tracer.errors import TracerError, UsageError
+from tracer.filters import Selection
+from tracer.kernel.netns import resolve_netns
+from tracer.model import KIND_LABELS
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters every tracing command shares, defined once (-P, --peer, --kind, -4/-6, --netns)."""
+    options = [
+        click.option("-P", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+                     help="Local port (repeatable)."),
+        click.option("--peer", "peers", multiple=True, metavar="CIDR",
+                     help="Peer address or network (repeatable)."),
+        click.option("--kind", "kinds", multiple=True, metavar="KIND",
+                     help=f"Refusal kind (repeatable): {', '.join(KIND_LABELS)}."),
+        click.option("-4", "ipv4", is_flag=True, help="IPv4 peers only."),
+        click.option("-6", "ipv6", is_flag=True, help="IPv6 peers only."),
+        click.option("--netns", "netns", multiple=True, metavar="INODE|NAME",
+                     help="Network namespace inode, or name in /run/netns (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options of commands that trace for a while: --duration, --interval, the event cap."""
+    options = [
+        click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+                     help="Stop S seconds after tracing started (after the session line)."),
+        click.option("--interval", type=click.FloatRange(min=0.1), default=1.0,
+                     show_default=True, metavar="S", help="Refresh interval in seconds."),
+        click.option("--max-events-per-second", "max_eps", type=click.IntRange(min=0),
+                     default=20000, show_default=True, metavar="N",
+                     help="Cap on the event stream (0 = no cap); counts stay exact."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def build_selection(ports: tuple[int, ...], peers: tuple[str, ...], kinds: tuple[str, ...],
+                    ipv4: bool, ipv6: bool, netns: tuple[str, ...]) -> Selection:
+    """A Selection from the shared options; UsageError on bad values."""
+    if ipv4 and ipv6:
+        raise UsageError("-4 and -6 exclude each other", "give at most one of them")
+    family = 4 if ipv4 else 6 if ipv6 else None
+    return Selection.build(ports=ports, peers=peers, kinds=kinds, family=family,
+                           netns=[resolve_netns(n) for n in netns])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tracer")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Which TCP peers this host silently refuses, live from kernel tracepoints."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@selection_options
+@run_options
+@click.option("--json", "as_json", is_flag=True, help="NDJSON on stdout (the machine contract).")
+def watch(as_json: bool, duration: float | None, interval: float, max_eps: int,
+          **filters: Any) -> None:
+    """One line per refusal as it happens (NDJSON with --json)."""
+    from tracer.probe.load import Tuning
+    from tracer.probe.source import LiveSource
+    from tracer.sinks.printer import JsonPrinter, TextPrinter
+    from tracer.stream import StopFlags, run
+
+    selection = build_selection(**filters)
+    sink = JsonPrinter(sys.stdout) if as_json else TextPrinter(sys.stdout, sys.stderr)
+    flags = StopFlags()
+    flags.install()
+    source = LiveSource(selection, Tuning(max_events_per_second=max_eps))
+    run(source, sink, duration=duration, flags=flags)
+
+
+def _format_click_error(e: click.ClickException) -> str:
+    message = e.format_message()
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"tracer: {message}{hint}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `tracer` and `python -m tracer`."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="tracer", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_OK)
+    except click.ClickException as e:
+        print(_format_click_error(e), file=sys.stderr)
+        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+    except TracerError as e:
+        print(f"tracer: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`tracer watch | head`): that is a normal end.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_OK)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_OK)
+    except Exception as e:  # a bug: say so in one line, details with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"tracer: internal error: {type(e).__name__}: {e} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(EXIT_OK)

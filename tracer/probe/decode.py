@@ -1,0 +1,114 @@
+"""Bytes from the BPF maps and ring buffer -> stream records. Pure: no bcc, no kernel.
+
+The layouts mirror bpf/refusal.h (struct refusal_event, struct peer_key).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from tracer.model import Event, Kind
+
+EVENT = struct.Struct("<QIIBBHHH16s16s")      # struct refusal_event
+PEER_KEY = struct.Struct("<IHBB16s")          # struct peer_key
+
+RECORD_RETRACT = 15
+EVF_PENDING = 1
+REASON_NONE = 0xFFFFFFFF
+SYNTHETIC_REASONS = {0x10001: "ACCEPT_QUEUE_FULL", 0x10002: "SYN_QUEUE_FULL"}
+
+
+def address(family: int, raw: bytes) -> tuple[int, str]:
+    """(family, text) of a 16-byte address field; v4-mapped IPv6 is shown as IPv4."""
+    if family == 4:
+        return 4, str(ipaddress.IPv4Address(raw[:4]))
+    addr = ipaddress.IPv6Address(raw)
+    if addr.ipv4_mapped is not None:
+        return 4, str(addr.ipv4_mapped)
+    return 6, str(addr)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One ring-buffer record before time and reason are resolved."""
+
+    ktime_ns: int
+    netns: int
+    reason: int
+    kind: int
+    family: int
+    peer_port: int
+    local_port: int
+    flags: int
+    peer: str
+    local: str
+
+    @property
+    def is_retraction(self) -> bool:
+        return self.kind == RECORD_RETRACT
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.flags & EVF_PENDING)
+
+    @property
+    def tuple(self) -> tuple[int, str, int, str, int]:
+        return (self.netns, self.peer, self.peer_port, self.local, self.local_port)
+
+
+def decode_record(data: bytes) -> RawRecord:
+    ts, netns, reason, kind, family, pport, lport, flags, peer, local = \
+        EVENT.unpack_from(data)
+    fam, peer_text = address(family, peer)
+    _, local_text = address(family, local)
+    return RawRecord(ts, netns, reason, kind, fam, pport, lport, flags, peer_text, local_text)
+
+
+class ReasonNames:
+    """Drop-reason number -> name as this kernel spells it (plus the syn_drop queue names)."""
+
+    def __init__(self, kernel_reasons: dict[int, str]) -> None:
+        self._names = dict(kernel_reasons)
+        self._names.update(SYNTHETIC_REASONS)
+
+    def name(self, number: int) -> str | None:
+        if number == REASON_NONE:
+            return None
+        return self._names.get(number, str(number))
+
+
+def to_event(raw: RawRecord, reasons: ReasonNames, wall_offset: float) -> Event:
+    """The stream Event of a raw record; wall_offset turns CLOCK_MONOTONIC into unix time."""
+    return Event(ts=raw.ktime_ns / 1e9 + wall_offset, kind=Kind(raw.kind), peer=raw.peer,
+                 peer_port=raw.peer_port, local=raw.local, local_port=raw.local_port,
+                 family=raw.family, netns=raw.netns, reason=reasons.name(raw.reason))
+
+
+@dataclass(frozen=True)
+class PeerKey:
+    """Key of one in-kernel count."""
+
+    netns: int
+    local_port: int
+    kind: Kind
+    family: int
+    peer: str
+
+
+def decode_peer_key(data: bytes) -> PeerKey | None:
+    """The key, or None for a kind id this version does not know."""
+    netns, lport, kind, family, peer = PEER_KEY.unpack_from(data)
+    try:
+        k = Kind(kind)
+    except ValueError:
+        return None
+    fam, text = address(family, peer)
+    return PeerKey(netns, lport, k, fam, text)
+
+
+def percpu_sum(values: list[int]) -> int:
+    """Sum of per-CPU u64 counters that may be decremented on another CPU (mod 2**64)."""
+    total = sum(values) % (1 << 64)
+    return total - (1 << 64) if total >= (1 << 63) else total

@@ -1,0 +1,134 @@
+"""What the running kernel can report, and therefore which kinds are available and via what.
+
+Everything is read from the kernel itself (tracefs formats, kallsyms, the release string),
+never assumed from a version number alone; `availability()` is a pure function of it so that
+other kernels can be described in unit tests.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer.model import Kind, KindAvailability
+from tracer.probe import kallsyms, tracefs
+
+# Functions whose address ranges the BPF code checks `location` against.
+SYMBOLS = ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
+           "cookie_v4_check", "cookie_v6_check")
+
+# Tracepoints the handlers attach to.
+TRACEPOINTS = ("skb/kfree_skb", "skb/consume_skb", "net/net_dev_queue",
+               "neigh/neigh_event_send_done", "tcp/tcp_retransmit_synack",
+               "sock/inet_sock_set_state")
+
+NOT_YET = "not supported by this tracer version yet (timewait and paws families are planned)"
+
+
+@dataclass(frozen=True)
+class KernelFeatures:
+    """The facts about this kernel that decide how (and whether) each kind is traced."""
+
+    release: str
+    reasons: dict[int, str]
+    kfree_fields: frozenset[str]
+    consume_fields: frozenset[str]
+    tracepoints: frozenset[str]
+    symbols: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        return parse_release(self.release)
+
+    def reason(self, name: str) -> int | None:
+        """The number of drop reason `name` on this kernel, or None if it has none."""
+        for number, reason in self.reasons.items():
+            if reason == name:
+                return number
+        return None
+
+    @property
+    def has_rx_sk(self) -> bool:
+        return "rx_sk" in self.kfree_fields
+
+
+def parse_release(release: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a `uname -r` string such as 6.18.44-fc-v669."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        return (0, 0, 0)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def detect(root: Path = tracefs.TRACEFS, kallsyms_path: str = kallsyms.KALLSYMS) -> KernelFeatures:
+    """Read this kernel's features (tracefs must be mounted)."""
+    kfree = tracefs.read_format("skb/kfree_skb", root) or ""
+    consume = tracefs.read_format("skb/consume_skb", root) or ""
+    return KernelFeatures(
+        release=platform.release(),
+        reasons=tracefs.drop_reasons(root),
+        kfree_fields=frozenset(tracefs.fields(kfree)),
+        consume_fields=frozenset(tracefs.fields(consume)),
+        tracepoints=frozenset(t for t in TRACEPOINTS if tracefs.has_event(t, root)),
+        symbols=kallsyms.load_ranges(SYMBOLS, kallsyms_path),
+    )
+
+
+def _missing_tracepoints(f: KernelFeatures, *needed: str) -> list[str]:
+    return [t for t in needed if t not in f.tracepoints]
+
+
+def availability(f: KernelFeatures) -> dict[str, KindAvailability]:
+    """Per kind: available or not on this kernel, via which tracepoints, and why not."""
+    out: dict[str, KindAvailability] = {}
+
+    def unavailable(kind: Kind, via: str, why: str) -> None:
+        out[kind.label] = KindAvailability(False, via, why)
+
+    # syn_drop / syn_cookie: a SYN consumed by tcp_rcv_state_process without a SYN-ACK.
+    via = "skb:consume_skb+net:net_dev_queue"
+    missing = _missing_tracepoints(f, "skb/consume_skb", "net/net_dev_queue")
+    for kind in (Kind.SYN_DROP, Kind.SYN_COOKIE):
+        if missing:
+            unavailable(kind, via, f"tracepoint {', '.join(missing)} missing")
+        elif "location" not in f.consume_fields:
+            unavailable(kind, via, "skb:consume_skb has no location field (Linux 6.3+)")
+        elif "tcp_rcv_state_process" not in f.symbols:
+            unavailable(kind, via, "symbol tcp_rcv_state_process not in /proc/kallsyms")
+        else:
+            out[kind.label] = KindAvailability(True, via)
+
+    # ack_drop: TCP_LISTEN_OVERFLOW (6.15+) and NO_SOCKET inside cookie_v4/v6_check.
+    via = "skb:kfree_skb"
+    if "skb/kfree_skb" not in f.tracepoints:
+        unavailable(Kind.ACK_DROP, via, "tracepoint skb/kfree_skb missing")
+    elif f.reason("TCP_LISTEN_OVERFLOW") is None:
+        unavailable(Kind.ACK_DROP, via,
+                    "no TCP_LISTEN_OVERFLOW drop reason on this kernel (Linux 6.15+)")
+    else:
+        out[Kind.ACK_DROP.label] = KindAvailability(True, via)
+
+    # cookie_fail: TCP_FLAGS at a listener in tcp_v4/v6_do_rcv, cookie check mirrored.
+    if "skb/kfree_skb" not in f.tracepoints:
+        unavailable(Kind.COOKIE_FAIL, via, "tracepoint skb/kfree_skb missing")
+    elif f.reason("TCP_FLAGS") is None:
+        unavailable(Kind.COOKIE_FAIL, via, "no TCP_FLAGS drop reason (Linux 6.9+)")
+    elif not f.has_rx_sk:
+        unavailable(Kind.COOKIE_FAIL, via, "skb:kfree_skb has no rx_sk field (Linux 6.11+)")
+    elif "tcp_v4_do_rcv" not in f.symbols:
+        unavailable(Kind.COOKIE_FAIL, via, "symbol tcp_v4_do_rcv not in /proc/kallsyms")
+    else:
+        out[Kind.COOKIE_FAIL.label] = KindAvailability(True, via)
+
+    via = "tcp:tcp_retransmit_synack"
+    if "tcp/tcp_retransmit_synack" in f.tracepoints:
+        out[Kind.SYNACK_RETRANS.label] = KindAvailability(True, via)
+    else:
+        unavailable(Kind.SYNACK_RETRANS, via, "tracepoint tcp/tcp_retransmit_synack missing")
+
+    for kind in (Kind.TW_REUSE_OUT, Kind.TW_REUSE_IN, Kind.TW_PAWS, Kind.PAWS,
+                 Kind.PAWS_ACTIVE):
+        unavailable(kind, "", NOT_YET)
+    return {k.label: out[k.label] for k in Kind}

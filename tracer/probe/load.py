@@ -1,0 +1,226 @@
+"""Compile bpf/ with bcc, attach it, and read its maps: the only module that touches bcc.
+
+Every kernel-specific number reaches the C as a define: struct offsets from BTF, drop-reason
+numbers from tracefs, function ranges from kallsyms. Nothing is text-substituted into C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gzip
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.errors import EnvironmentProblem
+from tracer.probe.btf import Btf, BtfError
+from tracer.probe.features import KernelFeatures
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+# define -> (struct, member path): every kernel field the BPF code reads.
+OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_SKB_SK": ("sk_buff", "sk"),
+    "OFF_SKB_DEV": ("sk_buff", "dev"),
+    "OFF_SKB_HEAD": ("sk_buff", "head"),
+    "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
+    "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+    "OFF_SKB_TRANSPORT_HEADER": ("sk_buff", "transport_header"),
+    "OFF_SKB_REFDST": ("sk_buff", "_skb_refdst"),
+    "OFF_DST_DEV": ("dst_entry", "dev"),
+    "OFF_DEV_NET": ("net_device", "nd_net"),
+    "OFF_NET_INUM": ("net", "ns.inum"),
+    "OFF_NET_TCP_SYNCOOKIES": ("net", "ipv4.sysctl_tcp_syncookies"),
+    "OFF_SKC_NET": ("sock_common", "skc_net"),
+    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "OFF_SKC_NUM": ("sock_common", "skc_num"),
+    "OFF_SKC_STATE": ("sock_common", "skc_state"),
+    "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog"),
+    "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog"),
+    "OFF_SK_REUSEPORT_CB": ("sock", "sk_reuseport_cb"),
+    "OFF_ICSK_SYNQ_QLEN": ("inet_connection_sock", "icsk_accept_queue.qlen"),
+    "OFF_REUSE_SYNQ_OVERFLOW_TS": ("sock_reuseport", "synq_overflow_ts"),
+    "OFF_TP_TS_RECENT_STAMP": ("tcp_sock", "rx_opt.ts_recent_stamp"),
+}
+
+# Drop reasons the handlers test, by name; a reason this kernel lacks becomes -1 (no match).
+REASONS = ("TCP_LISTEN_OVERFLOW", "NO_SOCKET", "TCP_FLAGS")
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Sizes and time windows of the kernel side."""
+
+    max_events_per_second: int = 20000
+    max_peers: int = 131072
+    ringbuf_pages: int = 1024          # 4 MiB
+    grace_ns: int = 200_000_000        # late SYN-ACK window (ARP/ND), well below the 1 s RTO
+
+
+def kernel_hz() -> int:
+    """CONFIG_HZ of the running kernel (jiffies per second), for the 2-minute cookie window."""
+    for path in ("/proc/config.gz", f"/boot/config-{os.uname().release}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        return int(line.split("=", 1)[1])
+        except OSError:
+            continue
+    return _measure_hz()
+
+
+def _measure_hz() -> int:
+    """Estimate HZ from /proc/timer_list's jiffies over 0.2 s, rounded to a real value."""
+    def jiffies() -> int:
+        with open("/proc/timer_list") as f:
+            m = re.search(r"^jiffies: (\d+)", f.read(), re.M)
+        if not m:
+            raise OSError("no jiffies in /proc/timer_list")
+        return int(m.group(1))
+
+    try:
+        j0, t0 = jiffies(), time.monotonic()
+        time.sleep(0.2)
+        rate = (jiffies() - j0) / (time.monotonic() - t0)
+    except OSError:
+        return 250
+    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - rate))
+
+
+def btf_defines(btf: Btf) -> dict[str, int]:
+    """OFF_* defines for every field in OFFSETS, plus the skc_reuseport bit."""
+    out: dict[str, int] = {}
+    try:
+        for define, (struct, path) in OFFSETS.items():
+            out[define] = btf.offset(struct, path).byte
+        bit = btf.offset("sock_common", "skc_reuseport")
+    except BtfError as e:
+        raise EnvironmentProblem(
+            f"this kernel's BTF lacks a field the tracer reads ({e})",
+            "this kernel is not supported yet; please report its version") from e
+    out["OFF_SKC_REUSEPORT_BYTE"] = bit.bit // 8
+    out["SKC_REUSEPORT_MASK"] = 1 << (bit.bit % 8)
+    return out
+
+
+def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int,
+                  hz: int) -> dict[str, int]:
+    """All -D values for bpf/tracer.c on this kernel."""
+    d = btf_defines(btf)
+    for name in REASONS:
+        number = features.reason(name)
+        d[f"R_{name}"] = number if number is not None else 0xFFFFFFFF
+    for sym in ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
+                "cookie_v4_check", "cookie_v6_check"):
+        start, end = features.symbols.get(sym, (0, 0))
+        d[f"SYM_{sym.upper()}_START"] = start
+        d[f"SYM_{sym.upper()}_END"] = end
+    v = features.version
+    d["SYNQ_FULL_AT_MAX"] = int(v[:2] == (5, 4) or v == (6, 8, 0))
+    d["SYNCOOKIE_VALID_JIFFIES"] = 120 * hz
+    d["MAX_SYNACK_LEN"] = 160
+    d["GRACE_NS"] = tuning.grace_ns
+    d["MAX_PEERS"] = tuning.max_peers
+    d["RINGBUF_PAGES"] = tuning.ringbuf_pages
+    d["RINGBUF_WAKE_BYTES"] = tuning.ringbuf_pages * 4096 // 4
+    if tuning.max_events_per_second > 0:
+        per_cpu = max(1, tuning.max_events_per_second // max(1, ncpus))
+        d["RATE_INTERVAL_NS"] = max(1, 1_000_000_000 // per_cpu)
+        d["RATE_BURST_NS"] = 100_000_000
+    else:
+        d["RATE_INTERVAL_NS"] = 0
+        d["RATE_BURST_NS"] = 0
+    d["FAMILY_SYN"] = 1
+    if features.has_rx_sk:
+        d["HAVE_RX_SK"] = 1
+    return d
+
+
+def cflags(defines: dict[str, int]) -> list[str]:
+    flags = [f"-D{k}={v}{'ULL' if v > 0x7FFFFFFF else ''}" for k, v in sorted(defines.items())]
+    return flags + ["-Wno-macro-redefined"]
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
+
+
+def bundle_source(main: Path = BPF_DIR / "tracer.c") -> str:
+    """bpf/tracer.c with its local `#include "x"` files inlined (each once).
+
+    bcc rewrites map calls (`table.lookup(...)`) and generates tracepoint argument structs
+    only in the main source buffer, so the files of bpf/ must reach it as one text. #line
+    directives keep compiler messages pointing at the real file and line.
+    """
+    seen: set[str] = set()
+
+    def expand(path: Path) -> str:
+        text = path.read_text()
+
+        def include(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name in seen:
+                return ""
+            seen.add(name)
+            return (f'#line 1 "bpf/{name}"\n' + expand(path.parent / name)
+                    + f'\n#line {text.count(chr(10), 0, m.end()) + 1} "bpf/{path.name}"')
+
+        return _LOCAL_INCLUDE.sub(include, text)
+
+    return expand(main)
+
+
+class LoadedProbe:
+    """The compiled, attached BPF programs and their maps."""
+
+    def __init__(self, defines: dict[str, int]) -> None:
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise EnvironmentProblem(
+                "bcc is not installed (Debian package python3-bpfcc)",
+                "run ./scripts/setup, or `apt-get install bpfcc-tools python3-bpfcc` and "
+                "use /usr/bin/python3 or a venv made with --system-site-packages") from e
+        self.defines = defines
+        try:
+            self.bpf = BPF(text=bundle_source(), cflags=cflags(defines))
+        except Exception as e:  # bcc raises bare Exception for compile and attach failures
+            raise EnvironmentProblem(
+                f"loading the BPF programs failed ({e})",
+                "see the compiler output above; the kernel headers may be missing or broken "
+                "(./scripts/setup installs them)") from e
+
+    def open_events(self, callback: Callable[[bytes], None]) -> None:
+        """Deliver each ring-buffer record to callback as bytes."""
+        def on_record(_ctx: object, data: int, size: int) -> int:
+            callback(ctypes.string_at(data, size))
+            return 0
+
+        self.bpf["events"].open_ring_buffer(on_record)
+
+    def poll(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms for a forced wake-up, then drain what is there."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_consume()
+
+    def peer_counts(self) -> list[tuple[bytes, list[int]]]:
+        """Raw (key bytes, per-CPU values) of every live peer_counts entry."""
+        table = self.bpf["peer_counts"]
+        return [(bytes(k), list(v)) for k, v in table.items()]
+
+    def kind_totals(self) -> dict[int, list[int]]:
+        table = self.bpf["kind_totals"]
+        return {k.value: list(v) for k, v in table.items()}
+
+    def stats(self) -> list[list[int]]:
+        table = self.bpf["stats"]
+        return [list(v) for _, v in sorted(table.items(), key=lambda kv: kv[0].value)]
+
+    def close(self) -> None:
+        self.bpf.cleanup()

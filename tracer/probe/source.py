@@ -1,0 +1,170 @@
+"""The live source: kernel tracepoints -> the stream of Session, Event, Tally, Counters, End.
+
+It checks the machine, loads the probe, and turns what the kernel side reports into stream
+records, applying the user's Selection to events and tally rows alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from tracer import __version__
+from tracer.errors import EnvironmentProblem
+from tracer.filters import Selection
+from tracer.kernel.counters import CounterTracker
+from tracer.kernel.sysctls import read_sysctls
+from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally, TallyRow
+from tracer.probe import decode, features, tracefs
+from tracer.probe.btf import Btf, BtfError
+from tracer.probe.grace import GraceWindow
+from tracer.probe.load import LoadedProbe, Tuning, build_defines, kernel_hz
+
+STAT_LOST, STAT_SUPPRESSED, STAT_INSERTS = 0, 1, 2
+
+
+def check_environment() -> None:
+    """Fail early, with the remedy, when this machine cannot load the probe at all."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("the tracer needs root to load BPF programs",
+                                 "run it with sudo (or as root)")
+    release = platform.release()
+    if not Path(f"/lib/modules/{release}/build").exists():
+        raise EnvironmentProblem(
+            f"kernel headers not found at /lib/modules/{release}/build",
+            "run ./scripts/setup, which installs the distribution's headers and links them")
+
+
+def monotonic_ns() -> int:
+    """Kernel time as bpf_ktime_get_ns() sees it (CLOCK_MONOTONIC)."""
+    return time.monotonic_ns()
+
+
+class LiveSource:
+    """Refusals as they happen, from the kernel."""
+
+    def __init__(self, selection: Selection | None = None, tuning: Tuning | None = None) -> None:
+        self.selection = selection or Selection()
+        self.tuning = tuning or Tuning()
+        self.probe: LoadedProbe | None = None
+        self.kinds: dict[str, KindAvailability] = {}
+        self.counter_tracker = CounterTracker()
+        self.grace = GraceWindow(self.tuning.grace_ns)
+        self._reasons = decode.ReasonNames({})
+        self._wall_offset = time.time() - time.monotonic()
+        self._ready: list[Event] = []
+        self._seen_netns: set[int] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Session:
+        """Load and attach every probe; the returned Session means "now tracing"."""
+        check_environment()
+        root = tracefs.ensure_mounted()
+        try:
+            btf = Btf.load()
+        except BtfError as e:
+            raise EnvironmentProblem(str(e), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y") \
+                from e
+        feats = features.detect(root)
+        self.kinds = features.availability(feats)
+        self._reasons = decode.ReasonNames(feats.reasons)
+        defines = build_defines(feats, btf, self.tuning, os.cpu_count() or 1, kernel_hz())
+        self.counter_tracker.start()
+        self.probe = LoadedProbe(defines)
+        self.probe.open_events(self._on_record)
+        self._wall_offset = time.time() - time.monotonic()
+        return Session(host=socket.gethostname(), kernel=platform.release(),
+                       started=time.time(), tracer=__version__, kinds=self.kinds,
+                       sysctls=read_sysctls(),
+                       max_events_per_second=self.tuning.max_events_per_second)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
+
+    # ------------------------------------------------------------------ events
+    def _on_record(self, data: bytes) -> None:
+        raw = decode.decode_record(data)
+        if raw.is_retraction:
+            self.grace.retract(raw)
+        elif raw.pending:
+            self.grace.hold(raw)
+        else:
+            self._accept(raw)
+
+    def _accept(self, raw: decode.RawRecord) -> None:
+        try:
+            event = decode.to_event(raw, self._reasons, self._wall_offset)
+        except ValueError:
+            return                      # a kind id this version does not know
+        if raw.netns and raw.netns not in self._seen_netns:
+            self._seen_netns.add(raw.netns)
+            self.counter_tracker.watch(raw.netns)
+        if self.selection.matches_event(event):
+            self._ready.append(event)
+
+    def poll(self, timeout: float) -> list[Event]:
+        """Events that arrived within `timeout` seconds (held syn_drops once decided)."""
+        assert self.probe is not None
+        self.probe.poll(int(timeout * 1000))
+        for raw in self.grace.release(monotonic_ns()):
+            self._accept(raw)
+        out, self._ready = self._ready, []
+        return out
+
+    def settle(self) -> list[Event]:
+        """At the end: wait out the grace window so every held syn_drop is decided."""
+        assert self.probe is not None
+        wait = max(self.grace.due_ns(monotonic_ns()), self.tuning.grace_ns)
+        time.sleep(wait / 1e9)
+        self.probe.poll(0)
+        for raw in self.grace.release_all():
+            self._accept(raw)
+        out, self._ready = self._ready, []
+        return out
+
+    # ------------------------------------------------------------------ counts
+    def _stat(self, slot: int) -> int:
+        assert self.probe is not None
+        rows = self.probe.stats()
+        return decode.percpu_sum(rows[slot]) if slot < len(rows) else 0
+
+    def tally(self) -> Tally:
+        """Exact in-kernel counts since start, filtered, summed over local ports."""
+        assert self.probe is not None
+        sums: dict[tuple[int, str, Kind], int] = defaultdict(int)
+        for key_bytes, values in self.probe.peer_counts():
+            key = decode.decode_peer_key(key_bytes)
+            if key is None:
+                continue
+            if not self.selection.matches(kind=key.kind, peer=key.peer, family=key.family,
+                                          netns=key.netns, local_port=key.local_port):
+                continue
+            count = decode.percpu_sum(values)
+            if count:
+                sums[(key.netns, key.peer, key.kind)] += count
+        rows = [TallyRow(netns, peer, kind, n) for (netns, peer, kind), n in sums.items()]
+        rows.sort(key=lambda r: (-r.count, r.netns, r.peer, r.kind.value))
+        for row in rows:
+            if row.netns not in self._seen_netns:
+                self._seen_netns.add(row.netns)
+                self.counter_tracker.watch(row.netns)
+        totals = {Kind(k).label: decode.percpu_sum(v)
+                  for k, v in self.probe.kind_totals().items() if 0 < k <= len(Kind)}
+        return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
+                     suppressed=self._stat(STAT_SUPPRESSED), totals=totals)
+
+    def counters(self) -> Counters:
+        self.counter_tracker.refresh()
+        return Counters(ts=time.time(), counters=self.counter_tracker.deltas())
+
+    def end(self) -> End:
+        self.counter_tracker.refresh()
+        return End(ts=time.time(), lost=self._stat(STAT_LOST),
+                   suppressed=self._stat(STAT_SUPPRESSED),
+                   counters=self.counter_tracker.deltas())

@@ -1,0 +1,96 @@
+"""Sinks that print the stream: NDJSON for machines, one bcc-style line per event for people.
+
+Both flush after every line so that `tracer watch | grep` and scripts reading a pipe see
+each refusal as it happens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TextIO
+
+from tracer.model import KIND_INFO, Counters, End, Event, Session, Tally
+
+
+class JsonPrinter:
+    """The machine contract: one JSON object per line, in stream order."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def _write(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def session(self, s: Session) -> None:
+        self._write(s.to_json())
+
+    def event(self, e: Event) -> None:
+        self._write(e.to_json())
+
+    def tally(self, t: Tally) -> None:
+        self._write(t.to_json())
+
+    def counters(self, c: Counters) -> None:
+        self._write(c.to_json())
+
+    def end(self, e: End) -> None:
+        self._write(e.to_json())
+
+
+def endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+ROW = "{:<8} {:<14} {:<21} > {:<21} {:<19} {}"
+HEADER = ROW.format("TIME", "KIND", "PEER:PORT", "LOCAL:PORT", "REASON", "NETNS")
+
+
+class TextPrinter:
+    """Human lines: a start banner with kind availability, a header row, a row per event."""
+
+    def __init__(self, out: TextIO, status: TextIO) -> None:
+        self.out = out
+        self.status = status
+        self.events = 0
+
+    def session(self, s: Session) -> None:
+        ok = [f"{k} ({v.via})" for k, v in s.kinds.items() if v.available]
+        missing = [f"{k} ({v.why})" for k, v in s.kinds.items() if not v.available]
+        self.out.write(f"Tracing TCP refusals on {s.host} (Linux {s.kernel}), Ctrl-C to end.\n")
+        self.out.write("Available: " + ", ".join(ok) + "\n")
+        if missing:
+            self.out.write("Unavailable: " + "; ".join(missing) + "\n")
+        self.out.write(HEADER + "\n")
+        self.out.flush()
+
+    def event(self, e: Event) -> None:
+        self.events += 1
+        when = time.strftime("%H:%M:%S", time.localtime(e.ts))
+        self.out.write(ROW.format(when, e.kind.label, endpoint(e.peer, e.peer_port),
+                                  endpoint(e.local, e.local_port), e.reason or "-",
+                                  e.netns) + "\n")
+        self.out.flush()
+
+    def tally(self, t: Tally) -> None:
+        peers = {(r.netns, r.peer) for r in t.rows}
+        total = sum(r.count for r in t.rows)
+        self.out.write(f"\n{total} refusals from {len(peers)} peers (exact in-kernel counts)")
+        if t.lost or t.suppressed:
+            self.out.write(f"; {t.lost} events lost, {t.suppressed} held back by the rate cap")
+        self.out.write("\n")
+        for row in t.rows[:10]:
+            self.out.write(f"  {row.count:>8}  {row.kind.label:<14} {row.peer}  "
+                           f"netns {row.netns}  {KIND_INFO[row.kind].summary}\n")
+        self.out.flush()
+
+    def counters(self, c: Counters) -> None:
+        pass
+
+    def end(self, e: End) -> None:
+        moved = [c for c in e.counters if c.delta]
+        if moved:
+            text = ", ".join(f"{c.name} +{c.delta} (netns {c.netns})" for c in moved)
+            self.out.write(f"Kernel counters: {text}\n")
+            self.out.flush()

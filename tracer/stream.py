@@ -1,0 +1,78 @@
+"""Runs a source into a sink until the user stops it: the one loop every command shares.
+
+Signals only set flags here; the loop acts on them between polls (at most 100 ms later),
+so the final tally and end lines are always written by the same code path.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Protocol
+
+from tracer.model import Counters, End, Event, Session, Tally
+
+
+class Sink(Protocol):
+    def session(self, s: Session) -> None: ...
+    def event(self, e: Event) -> None: ...
+    def tally(self, t: Tally) -> None: ...
+    def counters(self, c: Counters) -> None: ...
+    def end(self, e: End) -> None: ...
+
+
+class Source(Protocol):
+    def start(self) -> Session: ...
+    def poll(self, timeout: float) -> list[Event]: ...
+    def settle(self) -> list[Event]: ...
+    def tally(self) -> Tally: ...
+    def counters(self) -> Counters: ...
+    def end(self) -> End: ...
+    def close(self) -> None: ...
+
+
+class StopFlags:
+    """Set by signal handlers: stop (SIGINT/SIGTERM/SIGHUP) and dump-tally-now (SIGUSR1)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.tally_now = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stop.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self.tally_now.set())
+
+
+def run(source: Source, sink: Sink, *, duration: float | None = None,
+        periodic: float | None = None, flags: StopFlags | None = None,
+        poll_interval: float = 0.1) -> None:
+    """Stream until stopped or `duration` seconds after the session line.
+
+    periodic: write tally and counters lines every so many seconds (recordings).
+    """
+    flags = flags or StopFlags()
+    try:
+        session = source.start()
+        sink.session(session)
+        started = time.monotonic()
+        next_periodic = started + periodic if periodic else None
+        while not flags.stop.is_set():
+            for event in source.poll(poll_interval):
+                sink.event(event)
+            now = time.monotonic()
+            if flags.tally_now.is_set() or (next_periodic and now >= next_periodic):
+                flags.tally_now.clear()
+                sink.tally(source.tally())
+                sink.counters(source.counters())
+                if next_periodic:
+                    next_periodic = now + (periodic or 1.0)
+            if duration is not None and now - started >= duration:
+                break
+        for event in source.settle():
+            sink.event(event)
+        sink.tally(source.tally())
+        sink.end(source.end())
+    finally:
+        source.close()
