@@ -102,11 +102,15 @@ class LiveSource:
             event = decode.to_event(raw, self._reasons, self._wall_offset)
         except ValueError:
             return                      # a kind id this version does not know
-        if raw.netns and raw.netns not in self._seen_netns:
-            self._seen_netns.add(raw.netns)
-            self.counter_tracker.watch(raw.netns)
         if self.selection.matches_event(event):
+            self._watch_netns(event.netns)
             self._ready.append(event)
+
+    def _watch_netns(self, netns: int) -> None:
+        """Report kernel counters for every namespace a selected refusal was seen in."""
+        if netns and netns not in self._seen_netns:
+            self._seen_netns.add(netns)
+            self.counter_tracker.watch(netns)
 
     def poll(self, timeout: float) -> list[Event]:
         """Events that arrived within `timeout` seconds (held syn_drops once decided)."""
@@ -151,9 +155,7 @@ class LiveSource:
         rows = [TallyRow(netns, peer, kind, n) for (netns, peer, kind), n in sums.items()]
         rows.sort(key=lambda r: (-r.count, r.netns, r.peer, r.kind.value))
         for row in rows:
-            if row.netns not in self._seen_netns:
-                self._seen_netns.add(row.netns)
-                self.counter_tracker.watch(row.netns)
+            self._watch_netns(row.netns)
         totals = {Kind(k).label: decode.percpu_sum(v)
                   for k, v in self.probe.kind_totals().items() if 0 < k <= len(Kind)}
         return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
