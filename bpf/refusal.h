@@ -92,6 +92,19 @@ BPF_PERCPU_ARRAY(stats, u64, STAT_MAX);
 struct rate_state { u64 tat; };
 BPF_PERCPU_ARRAY(rate, struct rate_state, 1);
 
+/* 16-byte addresses, 8-byte aligned in every struct here. */
+static __always_inline int addr_eq(const u8 *a, const u8 *b)
+{
+    const u64 *x = (const u64 *)a, *y = (const u64 *)b;
+    return x[0] == y[0] && x[1] == y[1];
+}
+
+/* A tracepoint's location (a return address) lies inside [start, end). */
+static __always_inline int loc_in(u64 loc, u64 start, u64 end)
+{
+    return loc >= start && loc < end;
+}
+
 /* ---------------------------------------------------------------- kernel reads */
 
 #define READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))

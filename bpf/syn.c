@@ -51,17 +51,6 @@ struct listen_key {
 struct listen_val { u64 sk[LISTEN_SLOTS]; };
 BPF_HASH(listeners, struct listen_key, struct listen_val, 16384);
 
-static __always_inline int addr_eq(const u8 *a, const u8 *b)
-{
-    const u64 *x = (const u64 *)a, *y = (const u64 *)b;
-    return x[0] == y[0] && x[1] == y[1];
-}
-
-static __always_inline int loc_in(u64 loc, u64 start, u64 end)
-{
-    return loc >= start && loc < end;
-}
-
 /* ---------------------------------------------------------------- listeners */
 
 static __always_inline void listener_key_of(void *sk, u32 netns, struct listen_key *k)
@@ -276,8 +265,15 @@ static __always_inline int syn_on_consume(void *skb)
     a->deferred = 0;
 
     u32 netns = rx_skb_netns(skb);
+#if FAMILY_TIMEWAIT
+    int took_tw = tw_took_over(&s);    /* this SYN cancelled a TIME-WAIT (timewait.c) */
+#else
+    int took_tw = 0;
+#endif
     if (answered) {
-        if (cookie)
+        if (took_tw)
+            report(KIND_TW_REUSE_IN, netns, &s, 1, REASON_NONE, 0);
+        else if (cookie)
             report(KIND_SYN_COOKIE, netns, &s, 1, REASON_NONE, 0);
         return 0;
     }

@@ -12,7 +12,15 @@
 #include <linux/in.h>
 
 #include "refusal.h"
+#if FAMILY_TIMEWAIT
+#include "timewait.c"
+#endif
 #include "syn.c"
+#if FAMILY_PAWS
+#include "paws.c"
+#else
+#define is_paws_reason(r) 0
+#endif
 
 /* Every packet handed to a device. SYN-ACKs are short: the tracepoint's own len field
  * rejects data segments before any memory read. */
@@ -44,7 +52,8 @@ TRACEPOINT_PROBE(skb, consume_skb)
 TRACEPOINT_PROBE(skb, kfree_skb)
 {
     u32 reason = args->reason;
-    if (reason != R_TCP_LISTEN_OVERFLOW && reason != R_NO_SOCKET && reason != R_TCP_FLAGS)
+    int syn = reason == R_TCP_LISTEN_OVERFLOW || reason == R_NO_SOCKET || reason == R_TCP_FLAGS;
+    if (!syn && !is_paws_reason(reason))
         return 0;
     if (args->protocol != 0x0800 && args->protocol != 0x86DD)
         return 0;
@@ -53,7 +62,12 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 #else
     void *rx_sk = 0;
 #endif
-    syn_on_kfree(args->skbaddr, reason, (u64)args->location, rx_sk);
+    if (syn)
+        syn_on_kfree(args->skbaddr, reason, (u64)args->location, rx_sk);
+#if FAMILY_PAWS
+    else
+        paws_on_kfree(args->skbaddr, reason, rx_sk);
+#endif
     return 0;
 }
 
@@ -79,6 +93,23 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != IPPROTO_TCP)
         return 0;
+#if FAMILY_TIMEWAIT
+    if (args->oldstate == ST_CLOSE && args->newstate == ST_SYN_SENT)
+        return tw_on_connect(args->family, args->dport, args->daddr, args->daddr_v6);
+#endif
     syn_on_set_state((void *)args->skaddr, args->oldstate, args->newstate);
     return 0;
 }
+
+#if FAMILY_TIMEWAIT
+/* Every cancelled timer in the kernel: reject on the handler before anything else. */
+TRACEPOINT_PROBE(timer, timer_cancel)
+{
+    void *fn = 0;
+    bpf_probe_read_kernel(&fn, sizeof(fn), (char *)args->timer + OFF_TIMER_FUNCTION);
+    if ((u64)fn != SYM_TW_TIMER_HANDLER_START)
+        return 0;
+    tw_on_cancel(args->timer);
+    return 0;
+}
+#endif

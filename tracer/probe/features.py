@@ -17,14 +17,12 @@ from tracer.probe import kallsyms, tracefs
 
 # Functions whose address ranges the BPF code checks `location` against.
 SYMBOLS = ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
-           "cookie_v4_check", "cookie_v6_check")
+           "cookie_v4_check", "cookie_v6_check", "tw_timer_handler")
 
 # Tracepoints the handlers attach to.
 TRACEPOINTS = ("skb/kfree_skb", "skb/consume_skb", "net/net_dev_queue",
                "neigh/neigh_event_send_done", "tcp/tcp_retransmit_synack",
-               "sock/inet_sock_set_state")
-
-NOT_YET = "not supported by this tracer version yet (timewait and paws families are planned)"
+               "sock/inet_sock_set_state", "timer/timer_cancel")
 
 
 @dataclass(frozen=True)
@@ -128,7 +126,46 @@ def availability(f: KernelFeatures) -> dict[str, KindAvailability]:
     else:
         unavailable(Kind.SYNACK_RETRANS, via, "tracepoint tcp/tcp_retransmit_synack missing")
 
-    for kind in (Kind.TW_REUSE_OUT, Kind.TW_REUSE_IN, Kind.TW_PAWS, Kind.PAWS,
-                 Kind.PAWS_ACTIVE):
-        unavailable(kind, "", NOT_YET)
+    # tw_reuse_out / tw_reuse_in: a TIME-WAIT timer cancelled by connect() or by a SYN.
+    tw_needs = {Kind.TW_REUSE_OUT: ("timer/timer_cancel", "sock/inet_sock_set_state"),
+                Kind.TW_REUSE_IN: ("timer/timer_cancel", "skb/consume_skb", "net/net_dev_queue")}
+    for kind, needed in tw_needs.items():
+        via = "+".join(t.replace("/", ":") for t in needed[:2])
+        missing = _missing_tracepoints(f, *needed)
+        if missing:
+            unavailable(kind, via, f"tracepoint {', '.join(missing)} missing")
+        elif "tw_timer_handler" not in f.symbols:
+            unavailable(kind, via, "symbol tw_timer_handler not in /proc/kallsyms")
+        elif kind is Kind.TW_REUSE_IN and not out[Kind.SYN_DROP.label].available:
+            unavailable(kind, via, "needs the syn_drop machinery: "
+                        + (out[Kind.SYN_DROP.label].why or ""))
+        else:
+            out[kind.label] = KindAvailability(True, via)
+
+    # tw_paws, paws, paws_active: kfree_skb PAWS reasons, told apart by rx_sk's state.
+    via = "skb:kfree_skb"
+    paws_reasons = [r for r in ("TCP_RFC7323_PAWS", "TCP_RFC7323_PAWS_ACK",
+                                "TCP_RFC7323_TSECR") if f.reason(r) is not None]
+    if "skb/kfree_skb" not in f.tracepoints:
+        for kind in (Kind.TW_PAWS, Kind.PAWS, Kind.PAWS_ACTIVE):
+            unavailable(kind, via, "tracepoint skb/kfree_skb missing")
+    elif not f.has_rx_sk:
+        for kind in (Kind.TW_PAWS, Kind.PAWS, Kind.PAWS_ACTIVE):
+            unavailable(kind, via, "skb:kfree_skb has no rx_sk field (Linux 6.11+)")
+    else:
+        if f.reason("TCP_RFC7323_TW_PAWS") is None:
+            unavailable(Kind.TW_PAWS, via,
+                        "no TCP_RFC7323_TW_PAWS drop reason on this kernel (Linux 6.16+)")
+        else:
+            out[Kind.TW_PAWS.label] = KindAvailability(True, via)
+        if "TCP_RFC7323_PAWS" not in paws_reasons:
+            unavailable(Kind.PAWS, via, "no TCP_RFC7323_PAWS drop reason (Linux 5.19+)")
+            unavailable(Kind.PAWS_ACTIVE, via, "no TCP_RFC7323_PAWS drop reason (Linux 5.19+)")
+        else:
+            lacking = [r for r in ("TCP_RFC7323_PAWS_ACK", "TCP_RFC7323_TSECR")
+                       if r not in paws_reasons]
+            why = (f"partial: this kernel has no {' or '.join(lacking)} drop reason"
+                   if lacking else None)
+            out[Kind.PAWS.label] = KindAvailability(True, via, why)
+            out[Kind.PAWS_ACTIVE.label] = KindAvailability(True, via)
     return {k.label: out[k.label] for k in Kind}

@@ -40,6 +40,11 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SKC_STATE": ("sock_common", "skc_state"),
     "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
     "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
+    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer"),
+    "OFF_TIMER_FUNCTION": ("timer_list", "function"),
     "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog"),
     "OFF_SK_MAX_ACK_BACKLOG": ("sock", "sk_max_ack_backlog"),
     "OFF_SK_REUSEPORT_CB": ("sock", "sk_reuseport_cb"),
@@ -49,7 +54,8 @@ OFFSETS: dict[str, tuple[str, str]] = {
 }
 
 # Drop reasons the handlers test, by name; a reason this kernel lacks becomes -1 (no match).
-REASONS = ("TCP_LISTEN_OVERFLOW", "NO_SOCKET", "TCP_FLAGS")
+REASONS = ("TCP_LISTEN_OVERFLOW", "NO_SOCKET", "TCP_FLAGS", "TCP_RFC7323_PAWS",
+           "TCP_RFC7323_PAWS_ACK", "TCP_RFC7323_TSECR", "TCP_RFC7323_TW_PAWS")
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,18 @@ def btf_defines(btf: Btf) -> dict[str, int]:
 
 
 def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int,
-                  hz: int) -> dict[str, int]:
-    """All -D values for bpf/tracer.c on this kernel."""
+                  hz: int, families: frozenset[str] = frozenset()) -> dict[str, int]:
+    """All -D values for bpf/tracer.c on this kernel.
+
+    The syn family is always built (its SYN-consume decision serves timewait too); the
+    timewait and paws families only when named in `families`.
+    """
     d = btf_defines(btf)
     for name in REASONS:
         number = features.reason(name)
         d[f"R_{name}"] = number if number is not None else 0xFFFFFFFF
     for sym in ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
-                "cookie_v4_check", "cookie_v6_check"):
+                "cookie_v4_check", "cookie_v6_check", "tw_timer_handler"):
         start, end = features.symbols.get(sym, (0, 0))
         d[f"SYM_{sym.upper()}_START"] = start
         d[f"SYM_{sym.upper()}_END"] = end
@@ -137,7 +147,8 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
     else:
         d["RATE_INTERVAL_NS"] = 0
         d["RATE_BURST_NS"] = 0
-    d["FAMILY_SYN"] = 1
+    d["FAMILY_TIMEWAIT"] = int("timewait" in families)
+    d["FAMILY_PAWS"] = int("paws" in families)
     if features.has_rx_sk:
         d["HAVE_RX_SK"] = 1
     return d

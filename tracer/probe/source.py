@@ -72,7 +72,10 @@ class LiveSource:
         feats = features.detect(root)
         self.kinds = features.availability(feats)
         self._reasons = decode.ReasonNames(feats.reasons)
-        defines = build_defines(feats, btf, self.tuning, os.cpu_count() or 1, kernel_hz())
+        families = frozenset(str(Kind.from_label(k).category) for k, v in self.kinds.items()
+                             if v.available and self._wanted(Kind.from_label(k)))
+        defines = build_defines(feats, btf, self.tuning, os.cpu_count() or 1, kernel_hz(),
+                                families)
         self.counter_tracker.start()
         self.probe = LoadedProbe(defines)
         self.probe.open_events(self._on_record)
@@ -81,6 +84,10 @@ class LiveSource:
                        started=time.time(), tracer=__version__, kinds=self.kinds,
                        sysctls=read_sysctls(),
                        max_events_per_second=self.tuning.max_events_per_second)
+
+    def _wanted(self, kind: Kind) -> bool:
+        """Build a family's handlers only when one of its kinds is selected."""
+        return not self.selection.kinds or kind in self.selection.kinds
 
     def close(self) -> None:
         if self.probe is not None:
