@@ -1,0 +1,108 @@
+"""Network namespaces by inode: finding them, naming them, and reading files inside them.
+
+The tracer sees every namespace at once and identifies each by its inode (net->ns.inum,
+what `stat -L -c %i /run/netns/NAME` prints). Nothing here keeps a namespace fd open:
+that would keep a deleted namespace alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+from tracer.errors import UsageError
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def names_by_inode(netns_dir: str = NETNS_DIR) -> dict[int, str]:
+    """Inode -> name of the namespaces named in /run/netns (as `ip netns` shows them)."""
+    out: dict[int, str] = {}
+    try:
+        names = sorted(os.listdir(netns_dir))
+    except OSError:
+        return out
+    for name in names:
+        try:
+            out.setdefault(os.stat(os.path.join(netns_dir, name)).st_ino, name)
+        except OSError:
+            continue
+    return out
+
+
+def list_namespaces(netns_dir: str = NETNS_DIR, proc: str = "/proc") -> dict[int, str]:
+    """Inode -> a path that opens it, for every namespace findable now (stat only)."""
+    out = {ino: os.path.join(netns_dir, name) for ino, name in names_by_inode(netns_dir).items()}
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        pids = []
+    for pid in ["self", *pids]:
+        path = os.path.join(proc, pid, "ns", "net")
+        try:
+            out.setdefault(os.stat(path).st_ino, path)
+        except OSError:
+            continue
+    return out
+
+
+def resolve_netns(spec: str, netns_dir: str = NETNS_DIR) -> int:
+    """The inode meant by `--netns INODE|NAME`."""
+    text = spec.strip()
+    if text.isdigit():
+        inode = int(text)
+        if inode <= 0:
+            raise UsageError(f"--netns {spec!r} is not a namespace inode",
+                             "pass a positive inode (stat -L -c %i /proc/PID/ns/net) or a name")
+        return inode
+    path = os.path.join(netns_dir, text)
+    if "/" in text or not os.path.exists(path):
+        raise UsageError(f"unknown network namespace {spec!r}",
+                         "list them with `ip netns list`, or pass an inode "
+                         "(stat -L -c %i /proc/PID/ns/net)")
+    return os.stat(path).st_ino
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
+    """Read small proc files (e.g. /proc/thread-self/net/netstat) as seen inside ns_path.
+
+    setns() switches only the calling thread, so a short-lived thread does the reading and
+    the caller's thread never changes namespace.
+    """
+    result: list[str] = []
+    error: list[BaseException] = []
+
+    def worker() -> None:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            there = os.open(ns_path, os.O_RDONLY)
+            try:
+                _setns(there)
+                try:
+                    for name in files:
+                        with open(name) as f:
+                            result.append(f.read())
+                finally:
+                    _setns(home)
+            finally:
+                os.close(there)
+        except BaseException as e:  # handed to the caller's thread
+            error.append(e)
+        finally:
+            os.close(home)
+
+    thread = threading.Thread(target=worker, name="netns-reader")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result
