@@ -56,12 +56,13 @@ class TextPrinter:
         self.events = 0
 
     def session(self, s: Session) -> None:
-        ok = [f"{k} ({v.via})" for k, v in s.kinds.items() if v.available]
-        missing = [f"{k} ({v.why})" for k, v in s.kinds.items() if not v.available]
         self.out.write(f"Tracing TCP refusals on {s.host} (Linux {s.kernel}), Ctrl-C to end.\n")
-        self.out.write("Available: " + ", ".join(ok) + "\n")
-        if missing:
-            self.out.write("Unavailable: " + "; ".join(missing) + "\n")
+        for kind, how in s.kinds.items():
+            if how.available:
+                note = f" ({how.why})" if how.why else ""
+                self.out.write(f"  {kind:<15} via {how.via}{note}\n")
+            else:
+                self.out.write(f"  {kind:<15} UNAVAILABLE: {how.why}\n")
         self.out.write(HEADER + "\n")
         self.out.flush()
 
