@@ -2,7 +2,12 @@
  * tracepoints that dispatches to them. The TRACEPOINT_PROBEs must live in this file (bcc
  * generates their argument structs only for the main file); they read the tracepoint
  * fields and pass plain values on. tracer/probe/load.py passes every OFF_* (BTF offsets),
- * R_* (drop reasons), SYM_* (symbol ranges) and tuning define, and -I for this directory.
+ * R_* (drop reasons), SYM_* (symbol ranges), FAMILY_* and tuning define, and bundles the
+ * local includes into one text.
+ *
+ * Only the families of the selected kinds are built, so a hot tracepoint is attached only
+ * when a selected kind needs it. FAMILY_SYN is on whenever timewait is: tw_reuse_in is
+ * decided by the same SYN-consume logic.
  *
  * Every handler returns 0: a non-zero return sends the event on to perf (~500 ns).
  */
@@ -15,13 +20,14 @@
 #if FAMILY_TIMEWAIT
 #include "timewait.c"
 #endif
+#if FAMILY_SYN
 #include "syn.c"
+#endif
 #if FAMILY_PAWS
 #include "paws.c"
-#else
-#define is_paws_reason(r) 0
 #endif
 
+#if FAMILY_SYN
 /* Every packet handed to a device. SYN-ACKs are short: the tracepoint's own len field
  * rejects data segments before any memory read. */
 TRACEPOINT_PROBE(net, net_dev_queue)
@@ -46,28 +52,6 @@ TRACEPOINT_PROBE(skb, consume_skb)
     if (loc < SYM_TCP_RCV_STATE_PROCESS_START || loc >= SYM_TCP_RCV_STATE_PROCESS_END)
         return 0;
     syn_on_consume(args->skbaddr);
-    return 0;
-}
-
-TRACEPOINT_PROBE(skb, kfree_skb)
-{
-    u32 reason = args->reason;
-    int syn = reason == R_TCP_LISTEN_OVERFLOW || reason == R_NO_SOCKET || reason == R_TCP_FLAGS;
-    if (!syn && !is_paws_reason(reason))
-        return 0;
-    if (args->protocol != 0x0800 && args->protocol != 0x86DD)
-        return 0;
-#ifdef HAVE_RX_SK
-    void *rx_sk = (void *)args->rx_sk;
-#else
-    void *rx_sk = 0;
-#endif
-    if (syn)
-        syn_on_kfree(args->skbaddr, reason, (u64)args->location, rx_sk);
-#if FAMILY_PAWS
-    else
-        paws_on_kfree(args->skbaddr, reason, rx_sk);
-#endif
     return 0;
 }
 
@@ -100,6 +84,43 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     syn_on_set_state((void *)args->skaddr, args->oldstate, args->newstate);
     return 0;
 }
+#endif /* FAMILY_SYN */
+
+#if FAMILY_SYN || FAMILY_PAWS
+/* Dropped packets with a reason: only the few reasons that can be a refusal get past the
+ * first comparison. */
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+    u32 reason = args->reason;
+#if FAMILY_SYN
+    int syn = reason == R_TCP_LISTEN_OVERFLOW || reason == R_NO_SOCKET || reason == R_TCP_FLAGS;
+#else
+    int syn = 0;
+#endif
+#if FAMILY_PAWS
+    int paws = is_paws_reason(reason);
+#else
+    int paws = 0;
+#endif
+    if (!syn && !paws)
+        return 0;
+    if (args->protocol != 0x0800 && args->protocol != 0x86DD)
+        return 0;
+#ifdef HAVE_RX_SK
+    void *rx_sk = (void *)args->rx_sk;
+#else
+    void *rx_sk = 0;
+#endif
+#if FAMILY_SYN
+    if (syn)
+        return syn_on_kfree(args->skbaddr, reason, (u64)args->location, rx_sk);
+#endif
+#if FAMILY_PAWS
+    paws_on_kfree(args->skbaddr, reason, rx_sk);
+#endif
+    return 0;
+}
+#endif
 
 #if FAMILY_TIMEWAIT
 /* Every cancelled timer in the kernel: reject on the handler before anything else. */

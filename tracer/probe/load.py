@@ -120,8 +120,8 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
                   hz: int, families: frozenset[str] = frozenset()) -> dict[str, int]:
     """All -D values for bpf/tracer.c on this kernel.
 
-    The syn family is always built (its SYN-consume decision serves timewait too); the
-    timewait and paws families only when named in `families`.
+    A family is built only when named in `families` (the categories of the selected
+    kinds); syn comes with timewait, whose tw_reuse_in shares its SYN-consume decision.
     """
     d = btf_defines(btf)
     for name in REASONS:
@@ -148,6 +148,7 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
         d["RATE_INTERVAL_NS"] = 0
         d["RATE_BURST_NS"] = 0
     d["FAMILY_TIMEWAIT"] = int("timewait" in families)
+    d["FAMILY_SYN"] = int("syn" in families or "timewait" in families)
     d["FAMILY_PAWS"] = int("paws" in families)
     if features.has_rx_sk:
         d["HAVE_RX_SK"] = 1
