@@ -99,6 +99,29 @@ def watch(as_json: bool, duration: float | None, interval: float, max_eps: int,
     run(source, sink, duration=duration, flags=flags)
 
 
+@cli.command()
+@selection_options
+@run_options
+def live(duration: float | None, interval: float, max_eps: int, **filters: Any) -> None:
+    """Full-screen leaderboard of refused peers (keys: s sort, k kind, g subnets, p, q)."""
+    from rich.console import Console
+
+    from tracer.probe.load import Tuning
+    from tracer.probe.source import LiveSource
+    from tracer.sinks.dashboard import Dashboard
+    from tracer.stream import StopFlags, run
+
+    selection = build_selection(**filters)
+    if not sys.stdout.isatty():
+        raise UsageError("tracer live draws a full-screen board and stdout is not a terminal",
+                         "use `tracer watch` (or `tracer watch --json`) in pipes and scripts")
+    flags = StopFlags()
+    flags.install()
+    sink = Dashboard(Console(), on_quit=flags.stop.set, filters=selection.describe())
+    source = LiveSource(selection, Tuning(max_events_per_second=max_eps))
+    run(source, sink, duration=duration, periodic=interval, flags=flags)
+
+
 def _format_click_error(e: click.ClickException) -> str:
     message = e.format_message()
     ctx = getattr(e, "ctx", None)

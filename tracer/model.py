@@ -189,6 +189,8 @@ class Tally:
     lost: int = 0
     suppressed: int = 0
     totals: dict[str, int] = field(default_factory=dict)
+    # (not in the JSON line) local ports each peer was refused on: peer -> {port: count}
+    ports: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"type": "tally", "ts": round(self.ts, 6), "lost": self.lost,

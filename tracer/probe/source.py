@@ -149,6 +149,7 @@ class LiveSource:
         """Exact in-kernel counts since start, filtered, summed over local ports."""
         assert self.probe is not None
         sums: dict[tuple[int, str, Kind], int] = defaultdict(int)
+        ports: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         for key_bytes, values in self.probe.peer_counts():
             key = decode.decode_peer_key(key_bytes)
             if key is None:
@@ -159,6 +160,7 @@ class LiveSource:
             count = decode.percpu_sum(values)
             if count:
                 sums[(key.netns, key.peer, key.kind)] += count
+                ports[key.peer][key.local_port] += count
         rows = [TallyRow(netns, peer, kind, n) for (netns, peer, kind), n in sums.items()]
         rows.sort(key=lambda r: (-r.count, r.netns, r.peer, r.kind.value))
         for row in rows:
@@ -166,7 +168,8 @@ class LiveSource:
         totals = {Kind(k).label: decode.percpu_sum(v)
                   for k, v in self.probe.kind_totals().items() if 0 < k <= len(Kind)}
         return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
-                     suppressed=self._stat(STAT_SUPPRESSED), totals=totals)
+                     suppressed=self._stat(STAT_SUPPRESSED), totals=totals,
+                     ports={peer: dict(p) for peer, p in ports.items()})
 
     def counters(self) -> Counters:
         self.counter_tracker.refresh()

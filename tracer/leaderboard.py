@@ -1,0 +1,145 @@
+"""The per-peer leaderboard: exact tallies -> ranked rows with rates. Plain Python, no I/O.
+
+Rows come from the in-kernel tallies, not from counting events, so the board stays right
+when events are lost or capped. Rates are the growth between the last two tallies.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tracer.model import Category, Kind, Tally
+
+SORTS = ("rate", "total", "last")
+
+
+def subnet_of(peer: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) a peer belongs to, as text."""
+    addr = ipaddress.ip_address(peer)
+    prefix = 24 if addr.version == 4 else 64
+    return str(ipaddress.ip_network(f"{peer}/{prefix}", strict=False))
+
+
+@dataclass
+class PeerRow:
+    """One line of the board: a peer (or subnet) and how it was refused."""
+
+    peer: str
+    kinds: Counter[Kind] = field(default_factory=Counter)
+    ports: Counter[int] = field(default_factory=Counter)
+    rate: float = 0.0
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    members: int = 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.kinds.values())
+
+    def by_category(self, category: Category) -> int:
+        return sum(n for k, n in self.kinds.items() if k.category is category)
+
+    def top_ports(self, n: int = 2) -> list[int]:
+        return [p for p, _ in self.ports.most_common(n)]
+
+
+@dataclass
+class _Seen:
+    total: int
+    first: float
+    last: float
+
+
+class Leaderboard:
+    """Accumulates tallies; `rows()` ranks peers under the current sort, filter, grouping."""
+
+    def __init__(self) -> None:
+        self.sort = "rate"
+        self.kind_filter: Kind | None = None
+        self.grouped = False
+        self._counts: dict[str, Counter[Kind]] = {}
+        self._ports: dict[str, Counter[int]] = {}
+        self._seen: dict[str, _Seen] = {}
+        self._prev: dict[str, int] = {}
+        self._rates: dict[str, float] = {}
+        self._prev_ts: float | None = None
+        self.totals: Counter[Kind] = Counter()
+        self.lost = 0
+        self.suppressed = 0
+
+    # ---------------------------------------------------------------- input
+    def update(self, tally: Tally) -> None:
+        """Take a new cumulative tally (counts since start) taken at tally.ts."""
+        counts: dict[str, Counter[Kind]] = {}
+        for row in tally.rows:
+            counts.setdefault(row.peer, Counter())[row.kind] += row.count
+        dt = tally.ts - self._prev_ts if self._prev_ts is not None else 0.0
+        for peer, kinds in counts.items():
+            filtered = self._filtered_total(kinds)
+            seen = self._seen.get(peer)
+            grown = seen is None or sum(kinds.values()) > seen.total
+            if seen is None:
+                self._seen[peer] = _Seen(sum(kinds.values()), tally.ts, tally.ts)
+            elif grown:
+                seen.total, seen.last = sum(kinds.values()), tally.ts
+            before = self._prev.get(peer, 0)
+            self._rates[peer] = (filtered - before) / dt if dt > 0 else 0.0
+            self._prev[peer] = filtered
+        self._counts = counts
+        self._ports = {peer: Counter(ports) for peer, ports in tally.ports.items()}
+        self.totals = Counter({Kind.from_label(k): v for k, v in tally.totals.items()})
+        self.lost, self.suppressed = tally.lost, tally.suppressed
+        self._prev_ts = tally.ts
+
+    def _filtered_total(self, kinds: Counter[Kind]) -> int:
+        if self.kind_filter is None:
+            return sum(kinds.values())
+        return kinds.get(self.kind_filter, 0)
+
+    # ---------------------------------------------------------------- controls
+    def cycle_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+
+    def cycle_kind(self) -> None:
+        order: list[Kind | None] = [None, *Kind]
+        self.kind_filter = order[(order.index(self.kind_filter) + 1) % len(order)]
+        self._prev = {p: self._filtered_total(k) for p, k in self._counts.items()}
+        self._rates = {}
+
+    def toggle_grouping(self) -> None:
+        self.grouped = not self.grouped
+
+    # ---------------------------------------------------------------- output
+    def rows(self, limit: int | None = None) -> list[PeerRow]:
+        """Ranked rows (the kind filter applied), at most `limit`."""
+        merged: dict[str, PeerRow] = {}
+        for peer, kinds in self._counts.items():
+            if self.kind_filter is not None:
+                kinds = Counter({self.kind_filter: kinds.get(self.kind_filter, 0)})
+            if not sum(kinds.values()):
+                continue
+            label = subnet_of(peer) if self.grouped else peer
+            seen = self._seen[peer]
+            row = merged.get(label)
+            if row is None:
+                row = merged[label] = PeerRow(label, first_seen=seen.first,
+                                              last_seen=seen.last, members=0)
+            row.kinds.update(kinds)
+            row.ports.update(self._ports.get(peer, {}))
+            row.rate += self._rates.get(peer, 0.0)
+            row.first_seen = min(row.first_seen, seen.first)
+            row.last_seen = max(row.last_seen, seen.last)
+            row.members += 1
+        key = {
+            "rate": lambda r: (-r.rate, -r.total, r.peer),
+            "total": lambda r: (-r.total, -r.rate, r.peer),
+            "last": lambda r: (-r.last_seen, -r.total, r.peer),
+        }[self.sort]
+        ranked = sorted(merged.values(), key=key)
+        return ranked if limit is None else ranked[:max(0, limit)]
+
+    @property
+    def peers(self) -> int:
+        return len(self._counts)
