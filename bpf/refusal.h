@@ -70,6 +70,7 @@ struct peer_key {
 struct segment {
     u8  saddr[16];     /* first: 8-byte aligned for word compares */
     u8  daddr[16];
+    u32 seq;
     u16 sport;
     u16 dport;
     u8  family;
@@ -184,6 +185,7 @@ static __always_inline int parse_segment(void *skb, struct segment *s)
         return -1;
     s->sport = ((u16)tcp[0] << 8) | tcp[1];
     s->dport = ((u16)tcp[2] << 8) | tcp[3];
+    s->seq = ((u32)tcp[4] << 24) | ((u32)tcp[5] << 16) | ((u32)tcp[6] << 8) | tcp[7];
     s->flags = tcp[13];
     return 0;
 }

@@ -22,6 +22,7 @@ struct answer_slot {
     u16 dport;        /* SYN-ACK destination port (peer) */
     u8  saddr[16];
     u8  daddr[16];
+    u32 seq;          /* SYN-ACK sequence number (our ISN) */
 };
 BPF_PERCPU_ARRAY(answer, struct answer_slot, 1);
 
@@ -200,6 +201,7 @@ static __always_inline int syn_on_dev_queue(void *skb)
     a->family = s.family;
     a->sport = s.sport;
     a->dport = s.dport;
+    a->seq = s.seq;
     __builtin_memcpy(a->saddr, s.saddr, 16);
     __builtin_memcpy(a->daddr, s.daddr, 16);
 
@@ -261,12 +263,13 @@ static __always_inline int syn_on_consume(void *skb)
                    a->dport == s.sport && addr_eq(a->saddr, s.daddr) &&
                    addr_eq(a->daddr, s.saddr);
     int cookie = a->cookie, deferred = a->deferred;
+    u32 isn = a->seq;
     a->valid = 0;
     a->deferred = 0;
 
     u32 netns = rx_skb_netns(skb);
 #if FAMILY_TIMEWAIT
-    int took_tw = tw_took_over(&s);    /* this SYN cancelled a TIME-WAIT (timewait.c) */
+    int took_tw = tw_took_over(&s, answered, isn);   /* timewait.c */
 #else
     int took_tw = 0;
 #endif

@@ -7,9 +7,12 @@
  *    CLOSE->SYN_SENT (tcp_v4_connect() -> inet_hash_connect() -> __inet_check_established()
  *    -> tcp_twsk_unique(); TWRecycled). Peer and local side come from the TIME-WAIT.
  *  - tw_reuse_in: tcp_v4_rcv()/tcp_v6_rcv() in softirq, when tcp_timewait_state_process()
- *    returned TCP_TW_SYN; the listener then processes that very SYN on the same CPU. The
- *    cancel only marks the 4-tuple here; the SYN's consume decides (syn.c): answered means
- *    tw_reuse_in, unanswered (accept queue full) stays a syn_drop.
+ *    returned TCP_TW_SYN; the listener then processes that very SYN on the same CPU, with
+ *    the ISN the TIME-WAIT dictates (tw_snd_nxt + 65537). The cancel only marks the
+ *    4-tuple and that ISN here; the SYN's consume decides (syn.c): answered with exactly
+ *    that ISN means tw_reuse_in, unanswered (accept queue full) stays a syn_drop. A RST
+ *    killing the TIME-WAIT leaves the same mark, but the SYN that follows it gets a fresh
+ *    random ISN, so it is not mistaken for a takeover.
  * Other cancels (a RST killing the TIME-WAIT, netns teardown) match neither and are ignored.
  */
 
@@ -32,6 +35,7 @@ struct tw_slot {
     u16 pad;
     u8  local[16];
     u8  peer[16];
+    u32 isn;          /* the ISN a takeover answers with: tw_snd_nxt + 65535 + 2 */
 };
 BPF_PERCPU_ARRAY(tw_taken, struct tw_slot, 1);
 
@@ -89,6 +93,9 @@ static __always_inline int tw_on_cancel(void *timer)
     u32 z = 0;
     struct tw_slot *t = tw_taken.lookup(&z);
     if (t) {
+        u32 snd_nxt = 0;
+        READ(snd_nxt, tw, OFF_SKC_TW_SND_NXT);
+        t->isn = snd_nxt + 65535 + 2;   /* tcp_timewait_state_process(), TCP_TW_SYN */
         t->valid = 1;
         t->family = s.family;
         t->peer_port = s.sport;
@@ -100,14 +107,16 @@ static __always_inline int tw_on_cancel(void *timer)
 }
 
 /* Called for every SYN consumed by a listener: did it just take over a TIME-WAIT on this
- * CPU? Clears the mark either way, so a mark never outlives its SYN. */
-static __always_inline int tw_took_over(struct segment *s)
+ * CPU (same 4-tuple, answered with the TIME-WAIT's ISN)? Clears the mark either way, so a
+ * mark never outlives its SYN. */
+static __always_inline int tw_took_over(struct segment *s, int answered, u32 isn)
 {
     u32 z = 0;
     struct tw_slot *t = tw_taken.lookup(&z);
     if (!t || !t->valid)
         return 0;
     t->valid = 0;
-    return t->family == s->family && t->peer_port == s->sport && t->local_port == s->dport &&
+    return answered && isn == t->isn && t->family == s->family &&
+           t->peer_port == s->sport && t->local_port == s->dport &&
            addr_eq(t->peer, s->saddr) && addr_eq(t->local, s->daddr);
 }

@@ -43,6 +43,7 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
     "OFF_SKC_DPORT": ("sock_common", "skc_dport"),
     "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "OFF_SKC_TW_SND_NXT": ("sock_common", "skc_tw_snd_nxt"),
     "OFF_TW_TIMER": ("inet_timewait_sock", "tw_timer"),
     "OFF_TIMER_FUNCTION": ("timer_list", "function"),
     "OFF_SK_ACK_BACKLOG": ("sock", "sk_ack_backlog"),
