@@ -43,7 +43,7 @@ def endpoint(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-ROW = "{:<8} {:<14} {:<21} > {:<21} {:<19} {}"
+ROW = "{:<8} {:<14} {:<20} > {:<20} {:<19} {}"
 HEADER = ROW.format("TIME", "KIND", "PEER:PORT", "LOCAL:PORT", "REASON", "NETNS")
 
 
