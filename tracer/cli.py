@@ -7,7 +7,6 @@ line with its remedy (exit 1, or 2 for usage), anything else a one-line internal
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import traceback
@@ -26,7 +25,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The filters every tracing command shares, defined once (-P, --peer, --kind, -4/-6, --netns)."""
+    """Filters every tracing command shares, defined once (-P, --peer, --kind, -4/-6, --netns)."""
     options = [
         click.option("-P", "--port", "ports", type=click.IntRange(1, 65535), multiple=True,
                      help="Local port (repeatable)."),

@@ -18,8 +18,9 @@ NETNS_DIR = "/run/netns"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def names_by_inode(netns_dir: str = NETNS_DIR) -> dict[int, str]:
+def names_by_inode(netns_dir: str | None = None) -> dict[int, str]:
     """Inode -> name of the namespaces named in /run/netns (as `ip netns` shows them)."""
+    netns_dir = netns_dir or NETNS_DIR
     out: dict[int, str] = {}
     try:
         names = sorted(os.listdir(netns_dir))
@@ -33,8 +34,9 @@ def names_by_inode(netns_dir: str = NETNS_DIR) -> dict[int, str]:
     return out
 
 
-def list_namespaces(netns_dir: str = NETNS_DIR, proc: str = "/proc") -> dict[int, str]:
+def list_namespaces(netns_dir: str | None = None, proc: str = "/proc") -> dict[int, str]:
     """Inode -> a path that opens it, for every namespace findable now (stat only)."""
+    netns_dir = netns_dir or NETNS_DIR
     out = {ino: os.path.join(netns_dir, name) for ino, name in names_by_inode(netns_dir).items()}
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit()]
@@ -49,8 +51,9 @@ def list_namespaces(netns_dir: str = NETNS_DIR, proc: str = "/proc") -> dict[int
     return out
 
 
-def resolve_netns(spec: str, netns_dir: str = NETNS_DIR) -> int:
+def resolve_netns(spec: str, netns_dir: str | None = None) -> int:
     """The inode meant by `--netns INODE|NAME`."""
+    netns_dir = netns_dir or NETNS_DIR
     text = spec.strip()
     if text.isdigit():
         inode = int(text)
