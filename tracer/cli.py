@@ -116,9 +116,54 @@ def live(duration: float | None, interval: float, max_eps: int, **filters: Any) 
                          "use `tracer watch` (or `tracer watch --json`) in pipes and scripts")
     flags = StopFlags()
     flags.install()
-    sink = Dashboard(Console(), on_quit=flags.stop.set, filters=selection.describe())
+    sink = Dashboard(Console(), on_quit=flags.stop.set, filters=selection.describe(),
+                     partial_view=selection.hides_refusals)
     source = LiveSource(selection, Tuning(max_events_per_second=max_eps))
     run(source, sink, duration=duration, periodic=interval, flags=flags)
+
+
+@cli.command()
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="End by itself S seconds after tracing started.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="S", help="Refresh interval in seconds.")
+@click.option("--headless", is_flag=True,
+              help="Print the NDJSON stream instead of the board (for tests and pipes).")
+def demo(duration: float | None, interval: float, headless: bool) -> None:
+    """Refusals of every kind in private namespaces, on the live board: see it work."""
+    from rich.console import Console
+
+    from tracer.lab import CLIENTS4, Lab, remove_stale
+    from tracer.probe.load import Tuning
+    from tracer.probe.source import LiveSource, check_environment
+    from tracer.scenarios import OFFICE, Demo
+    from tracer.sinks.dashboard import Dashboard
+    from tracer.sinks.printer import JsonPrinter
+    from tracer.stream import StopFlags, run
+
+    if not headless and not sys.stdout.isatty():
+        raise UsageError("tracer demo draws a full-screen board and stdout is not a terminal",
+                         "add --headless for the NDJSON stream")
+    check_environment()
+    remove_stale(DEMO_PREFIX)                      # leftovers of a demo that was killed
+    flags = StopFlags()
+    flags.install()
+    with Lab("demo", prefix=DEMO_PREFIX, clients4=CLIENTS4 + OFFICE) as lab:
+        inodes = frozenset({Lab.inode(lab.srv), Lab.inode(lab.cli)})
+        source = LiveSource(Selection(netns=inodes), Tuning(max_events_per_second=5000))
+        sink = JsonPrinter(sys.stdout) if headless else Dashboard(
+            Console(), on_quit=flags.stop.set, filters="demo namespaces", source="demo")
+        scenes = Demo(lab)
+        try:
+            run(source, sink, duration=duration, periodic=interval, flags=flags,
+                on_started=scenes.start)
+        finally:
+            scenes.close()
+    for name, why in scenes.failures.items():
+        print(f"tracer: demo scene {name} stopped early: {why}", file=sys.stderr)
+
+
+DEMO_PREFIX = "trdemo"
 
 
 def _format_click_error(e: click.ClickException) -> str:

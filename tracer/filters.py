@@ -57,6 +57,11 @@ class Selection:
                    netns=frozenset(netns))
 
     @property
+    def hides_refusals(self) -> bool:
+        """Some refusals in the watched namespaces are filtered out (so counters exceed)."""
+        return bool(self.ports or self.networks or self.kinds or self.family)
+
+    @property
     def is_everything(self) -> bool:
         return not (self.ports or self.networks or self.kinds or self.family or self.netns)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from tracer.model import Counters, End, Event, Session, Tally
@@ -47,15 +48,18 @@ class StopFlags:
 
 def run(source: Source, sink: Sink, *, duration: float | None = None,
         periodic: float | None = None, flags: StopFlags | None = None,
-        poll_interval: float = 0.1) -> None:
+        poll_interval: float = 0.1, on_started: Callable[[], None] | None = None) -> None:
     """Stream until stopped or `duration` seconds after the session line.
 
-    periodic: write tally and counters lines every so many seconds (recordings).
+    periodic: write tally and counters lines every so many seconds (recordings, the board).
+    on_started: called once the session line is out, i.e. once every probe is attached.
     """
     flags = flags or StopFlags()
     try:
         session = source.start()
         sink.session(session)
+        if on_started is not None:
+            on_started()
         started = time.monotonic()
         next_periodic = started + periodic if periodic else None
         while not flags.stop.is_set():
@@ -64,15 +68,19 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
             now = time.monotonic()
             if flags.tally_now.is_set() or (next_periodic and now >= next_periodic):
                 flags.tally_now.clear()
+                # Counters first: every refusal they count is then in the tally read next,
+                # so a live view never shows a shortfall that is only sampling skew.
+                counters = source.counters()
                 sink.tally(source.tally())
-                sink.counters(source.counters())
+                sink.counters(counters)
                 if next_periodic:
                     next_periodic = now + (periodic or 1.0)
             if duration is not None and now - started >= duration:
                 break
         for event in source.settle():
             sink.event(event)
+        end = source.end()
         sink.tally(source.tally())
-        sink.end(source.end())
+        sink.end(end)
     finally:
         source.close()

@@ -53,6 +53,7 @@ class DashboardState:
     attributions: list[Attribution] = field(default_factory=list)
     events_per_second: float = 0.0
     filters: str = ""
+    partial_view: bool = False      # filters hide refusals: counters cannot reconcile
     paused: bool = False
     source: str = "live"
 
@@ -114,7 +115,7 @@ def _counters_table(state: DashboardState) -> Table:
         if not a.delta and not a.attributed:
             continue
         share = f" {a.share:.0%}" if a.share is not None else ""
-        short = a.exact and a.short and not state.filters
+        short = a.exact and a.short and not state.partial_view
         table.add_row(a.counter, f"+{a.delta:,}",
                       Text(f"{a.attributed:,}{share}" + (" !" if short else ""),
                            style="bold red" if short else ""))
@@ -189,9 +190,9 @@ class Dashboard:
     """Sink: feeds DashboardState from the stream and redraws it on every tally."""
 
     def __init__(self, console: Console, on_quit: Callable[[], None], filters: str = "",
-                 source: str = "live") -> None:
+                 source: str = "live", partial_view: bool = False) -> None:
         self.console = console
-        self.state = DashboardState(filters=filters, source=source)
+        self.state = DashboardState(filters=filters, source=source, partial_view=partial_view)
         self._on_quit = on_quit
         self._live: Live | None = None
         self._keys = KeyReader(self._key)
