@@ -114,7 +114,10 @@ def _counters_table(state: DashboardState) -> Table:
     for a in state.attributions:
         if not a.delta and not a.attributed:
             continue
-        share = f" {a.share:.0%}" if a.share is not None else ""
+        if not a.exact:
+            share = " (part)"              # the counter also counts things that are no refusal
+        else:
+            share = f" {a.share:.0%}" if a.share is not None else ""
         short = a.exact and a.short and not state.partial_view
         table.add_row(a.counter, f"+{a.delta:,}",
                       Text(f"{a.attributed:,}{share}" + (" !" if short else ""),
