@@ -123,6 +123,101 @@ def live(duration: float | None, interval: float, max_eps: int, **filters: Any) 
 
 
 @cli.command()
+@selection_options
+@run_options
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="Recording to create (NDJSON; gzip when it ends in .gz; mode 0600).")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@click.option("--print", "echo", is_flag=True, help="Also print each event (NDJSON) on stdout.")
+def record(output: str, force: bool, echo: bool, duration: float | None, interval: float,
+           max_eps: int, **filters: Any) -> None:
+    """Record refusals to a file (tally and counters about once a second)."""
+    from tracer.probe.load import Tuning
+    from tracer.probe.source import LiveSource
+    from tracer.sinks.recorder import Recorder
+    from tracer.stream import StopFlags, run
+
+    selection = build_selection(**filters)
+    recorder = Recorder(output, force=force, echo=sys.stdout if echo else None)
+    flags = StopFlags()
+    flags.install()
+    source = LiveSource(selection, Tuning(max_events_per_second=max_eps))
+    try:
+        run(source, recorder, duration=duration, periodic=interval, flags=flags)
+    finally:
+        try:
+            recorder.close()
+        except TracerError:
+            pass
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--by", type=click.Choice(["peer", "subnet", "port", "kind", "minute"]),
+              default="peer", show_default=True, help="What the rows are.")
+@click.option("--top", type=click.IntRange(min=1), metavar="N", help="At most N rows.")
+@click.option("--since", metavar="T", help="From this time (ISO, or an age such as 10m).")
+@click.option("--until", metavar="T", help="Until this time (ISO, or an age).")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND", help="Only this kind.")
+@click.option("--peer", "peers", multiple=True, metavar="CIDR", help="Only these peers.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "parquet"]),
+              default="table", show_default=True)
+@click.option("-o", "--output", metavar="OUT", help="Write the report to OUT.")
+def report(files: tuple[str, ...], by: str, top: int | None, since: str | None,
+           until: str | None, kinds: tuple[str, ...], peers: tuple[str, ...], fmt: str,
+           output: str | None) -> None:
+    """Leaderboards and timelines from recordings (several hosts merge)."""
+    from tracer import report as reporting
+    from tracer.filters import parse_kind, parse_network
+    from tracer.sinks.report_view import write
+
+    sel = reporting.Selection(
+        since=reporting.parse_time(since) if since else None,
+        until=reporting.parse_time(until) if until else None,
+        kinds=tuple(parse_kind(k).label for k in kinds),
+        peers=tuple(parse_network(p) for p in peers))
+    loaded = reporting.load_recordings(files)
+    for warning in loaded.warnings:
+        print(f"tracer: warning: {warning}", file=sys.stderr)
+    write(reporting.build(loaded, by, sel, top), fmt, output)
+
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Replay speed (0 = as fast as possible).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stream instead of the board.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="S", help="Board refresh interval in seconds.")
+def replay(file: str, speed: float, as_json: bool, interval: float) -> None:
+    """A recording through the live board (or as NDJSON with --json)."""
+    from rich.console import Console
+
+    from tracer.recording import read
+    from tracer.replay import ReplaySource
+    from tracer.sinks.dashboard import Dashboard
+    from tracer.sinks.printer import JsonPrinter
+    from tracer.stream import StopFlags, run
+
+    if not as_json and not sys.stdout.isatty():
+        raise UsageError("tracer replay draws a full-screen board and stdout is not a terminal",
+                         "add --json for the NDJSON stream")
+    recording = read(file)
+    for warning in recording.warnings:
+        print(f"tracer: warning: {warning}", file=sys.stderr)
+    if recording.session is None and not recording.events:
+        raise TracerError(f"nothing usable in {file}", "give a recording made by `tracer record`")
+    flags = StopFlags()
+    flags.install()
+    source = ReplaySource(recording, speed)
+    if as_json:
+        run(source, JsonPrinter(sys.stdout), flags=flags, periodic=None)
+    else:
+        sink = Dashboard(Console(), on_quit=flags.stop.set, source="replay")
+        run(source, sink, flags=flags, periodic=interval, stop_when_finished=False)
+
+
+@cli.command()
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="End by itself S seconds after tracing started.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,

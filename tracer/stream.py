@@ -48,11 +48,13 @@ class StopFlags:
 
 def run(source: Source, sink: Sink, *, duration: float | None = None,
         periodic: float | None = None, flags: StopFlags | None = None,
-        poll_interval: float = 0.1, on_started: Callable[[], None] | None = None) -> None:
+        poll_interval: float = 0.1, on_started: Callable[[], None] | None = None,
+        stop_when_finished: bool = True) -> None:
     """Stream until stopped or `duration` seconds after the session line.
 
     periodic: write tally and counters lines every so many seconds (recordings, the board).
     on_started: called once the session line is out, i.e. once every probe is attached.
+    stop_when_finished: end when a finite source (a replay) has nothing more to give.
     """
     flags = flags or StopFlags()
     try:
@@ -76,6 +78,8 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
                 if next_periodic:
                     next_periodic = now + (periodic or 1.0)
             if duration is not None and now - started >= duration:
+                break
+            if stop_when_finished and getattr(source, "finished", False):
                 break
         for event in source.settle():
             sink.event(event)
