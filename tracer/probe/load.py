@@ -161,7 +161,7 @@ def cflags(defines: dict[str, int]) -> list[str]:
     return flags + ["-Wno-macro-redefined"]
 
 
-_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.M)
 
 
 def bundle_source(main: Path = BPF_DIR / "tracer.c") -> str:
@@ -182,7 +182,7 @@ def bundle_source(main: Path = BPF_DIR / "tracer.c") -> str:
                 return ""
             seen.add(name)
             return (f'#line 1 "bpf/{name}"\n' + expand(path.parent / name)
-                    + f'\n#line {text.count(chr(10), 0, m.end()) + 1} "bpf/{path.name}"')
+                    + f'\n#line {text.count(chr(10), 0, m.end()) + 2} "bpf/{path.name}"')
 
         return _LOCAL_INCLUDE.sub(include, text)
 

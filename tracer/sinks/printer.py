@@ -43,7 +43,9 @@ def endpoint(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-ROW = "{:<8} {:<14} {:<20} > {:<20} {:<19} {}"
+# Endpoints get their full IPv4 width (21) so the columns stay aligned; REASON gets 17 so a
+# row stays under 100 columns: only the rare longer reasons push NETNS a little right.
+ROW = "{:<8} {:<14} {:<21} > {:<21} {:<17} {}"
 HEADER = ROW.format("TIME", "KIND", "PEER:PORT", "LOCAL:PORT", "REASON", "NETNS")
 
 
