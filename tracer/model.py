@@ -49,7 +49,7 @@ class Kind(enum.Enum):
     @property
     def label(self) -> str:
         """The stable name used in JSON, files and metrics (`syn_drop`)."""
-        return self.name.lower()
+        return KIND_INFO[self].name
 
     @property
     def category(self) -> Category:
@@ -139,9 +139,9 @@ class Session:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
-    """One refused segment, attributed to a peer."""
+    """One refused segment, attributed to a peer. (Not frozen: built per event, kept cheap.)"""
 
     ts: float
     kind: Kind
@@ -156,6 +156,19 @@ class Event:
     @property
     def category(self) -> Category:
         return self.kind.category
+
+    def json_line(self) -> str:
+        """to_json() as one NDJSON line, built directly: this runs for every event.
+
+        Every string field is an address, a kind name or a kernel reason name, none of
+        which needs JSON escaping.
+        """
+        reason = "null" if self.reason is None else f'"{self.reason}"'
+        return (f'{{"type":"event","ts":{round(self.ts, 6)!r},"kind":"{self.kind.label}",'
+                f'"category":"{self.kind.category.value}","peer":"{self.peer}",'
+                f'"peer_port":{self.peer_port},"local":"{self.local}",'
+                f'"local_port":{self.local_port},"family":{self.family},'
+                f'"netns":{self.netns},"reason":{reason}}}\n')
 
     def to_json(self) -> dict:
         return {

@@ -52,17 +52,23 @@ def _raw_lines(path: str, warn: list[str]) -> Iterator[bytes]:
         yield pending
 
 
+EVENT_PREFIX = b'{"type":"event"'
+EVENT_FIELDS = ("ts", "kind", "category", "peer", "peer_port", "local", "local_port", "family",
+                "netns", "reason")
+
+
 @dataclass
 class Recording:
-    """What one file holds."""
+    """What one file holds. Event lines are kept raw and parsed in bulk when asked for."""
 
     path: str
     session: dict | None = None
-    events: list[dict] = field(default_factory=list)
+    event_lines: list[bytes] = field(default_factory=list)
     tallies: list[tuple[int, dict]] = field(default_factory=list)   # (events before it, line)
     counters: list[dict] = field(default_factory=list)
     end: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    _frame: object = None
 
     @property
     def complete(self) -> bool:
@@ -73,12 +79,48 @@ class Recording:
     def host(self) -> str:
         return (self.session or {}).get("host", "?")
 
-    def final_tally(self) -> tuple[dict | None, list[dict]]:
-        """The last tally and the events recorded after it (empty for a clean file)."""
+    @property
+    def events(self) -> list[dict]:
+        """Every event as a dict (replay; small files)."""
+        return self.events_frame().to_dict("records")
+
+    def events_frame(self):  # -> pandas.DataFrame
+        """Every event as a DataFrame (columns EVENT_FIELDS), parsed in one go by pyarrow."""
+        if self._frame is None:
+            self._frame = _parse_events(self.event_lines, self.path, self.warnings)
+        return self._frame
+
+    def final_tally(self) -> tuple[dict | None, int]:
+        """The last tally, and how many events were recorded before it."""
         if not self.tallies:
-            return None, self.events
-        index, line = self.tallies[-1]
-        return line, self.events[index:]
+            return None, 0
+        return self.tallies[-1][1], self.tallies[-1][0]
+
+
+def _parse_events(lines: list[bytes], path: str, warnings: list[str]):
+    import io
+
+    import pandas as pd
+    import pyarrow.json as pj
+
+    if not lines:
+        return pd.DataFrame({name: [] for name in EVENT_FIELDS})
+    try:
+        frame = pj.read_json(io.BytesIO(b"".join(lines))).to_pandas()
+    except Exception:  # a malformed event line: parse one by one, keep what is usable
+        rows = []
+        for n, line in enumerate(lines, start=1):
+            try:
+                obj = json.loads(line)
+                rows.append({k: obj[k] for k in EVENT_FIELDS if k != "reason"}
+                            | {"reason": obj.get("reason")})
+            except (ValueError, KeyError, TypeError):
+                warnings.append(f"{path}: event #{n} is malformed, skipped")
+        frame = pd.DataFrame(rows, columns=list(EVENT_FIELDS))
+    for name in EVENT_FIELDS:
+        if name not in frame:
+            frame[name] = None
+    return frame[list(EVENT_FIELDS)]
 
 
 def read(path: str) -> Recording:
@@ -88,6 +130,9 @@ def read(path: str) -> Recording:
         if not raw.endswith(b"\n"):
             rec.warnings.append(f"{path}:{lineno}: partial last line skipped")
             break
+        if raw.startswith(EVENT_PREFIX) and raw.rstrip().endswith(b"}"):
+            rec.event_lines.append(raw)            # parsed later, in bulk
+            continue
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -101,15 +146,15 @@ def read(path: str) -> Recording:
                                   "upgrade the tracer to read it")
             rec.session = rec.session or obj
         elif kind == "event":
-            rec.events.append(obj)
+            rec.event_lines.append(raw)
         elif kind == "tally":
-            rec.tallies.append((len(rec.events), obj))
+            rec.tallies.append((len(rec.event_lines), obj))
         elif kind == "counters":
             rec.counters.append(obj)
         elif kind == "end":
             rec.end = obj
         else:
             rec.warnings.append(f"{path}:{lineno}: unknown line type {kind!r}, skipped")
-    if rec.session is None and not rec.events and not rec.tallies:
+    if rec.session is None and not rec.event_lines and not rec.tallies:
         rec.warnings.append(f"{path}: no usable lines")
     return rec

@@ -54,23 +54,25 @@ class Loaded:
 
 
 def _events_frame(recs: Iterable[Recording]) -> pd.DataFrame:
-    rows = [(r.host, e.get("ts"), e.get("kind"), e.get("category"), e.get("peer"),
-             e.get("peer_port"), e.get("local"), e.get("local_port"), e.get("family"),
-             e.get("netns"), e.get("reason")) for r in recs for e in r.events]
-    return pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    frames = [r.events_frame().assign(host=r.host) for r in recs]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame.reindex(columns=EVENT_COLUMNS)
 
 
 def _tally_frame(recs: Iterable[Recording]) -> tuple[pd.DataFrame, bool]:
-    rows, partial = [], False
+    parts, partial = [], False
+    columns = ["host", "netns", "peer", "kind", "count"]
     for r in recs:
-        tally, after = r.final_tally()
+        tally, before = r.final_tally()
         if not r.complete:
             partial = True
-        for row in (tally or {}).get("rows", []):
-            rows.append((r.host, row["netns"], row["peer"], row["kind"], row["count"]))
-        for e in after:                                   # cut short: events after the tally
-            rows.append((r.host, e["netns"], e["peer"], e["kind"], 1))
-    frame = pd.DataFrame(rows, columns=["host", "netns", "peer", "kind", "count"])
+        rows = (tally or {}).get("rows", [])
+        if rows:
+            parts.append(pd.DataFrame(rows).assign(host=r.host)[columns])
+        later = r.events_frame().iloc[before:]           # cut short: events after the tally
+        if len(later):
+            parts.append(later.assign(host=r.host, count=1)[columns])
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     if not frame.empty:
         frame = frame.groupby(["host", "netns", "peer", "kind"], as_index=False)["count"].sum()
     return frame, partial
@@ -78,13 +80,14 @@ def _tally_frame(recs: Iterable[Recording]) -> tuple[pd.DataFrame, bool]:
 
 def load_recordings(paths: Iterable[str]) -> Loaded:
     recs = [read(p) for p in paths]
-    warnings = [w for r in recs for w in r.warnings]
-    if not any(r.session or r.events or r.tallies for r in recs):
+    if not any(r.session or r.event_lines or r.tallies for r in recs):
         raise TracerError("nothing usable in " + ", ".join(r.path for r in recs),
                           "give a recording made by `tracer record`")
     tallies, partial = _tally_frame(recs)
+    events = _events_frame(recs)
     lost = sum(((r.final_tally()[0] or {}).get("lost", 0)) for r in recs)
-    return Loaded(recs, _events_frame(recs), tallies, partial, lost, warnings)
+    warnings = [w for r in recs for w in r.warnings]
+    return Loaded(recs, events, tallies, partial, lost, warnings)
 
 
 def load(paths: Iterable[str]) -> pd.DataFrame:
@@ -165,27 +168,29 @@ def build(loaded: Loaded, by: str, sel: Selection, top: int | None) -> dict:
     if counts.empty:
         return out
     pivot = counts.groupby([key, "kind"])["count"].sum().unstack(fill_value=0)
-    times = events.groupby(key)["ts"].agg(["min", "max"]) if not events.empty else None
-    peak = None
+    table = pd.DataFrame({"total": pivot.sum(axis=1)})
+    table = table.sort_values("total", ascending=False, kind="stable")
+    if top:
+        table = table.head(top)
     if not events.empty:
+        table = table.join(events.groupby(key)["ts"].agg(first="min", last="max"))
         minute = (events["ts"] // 60).astype("int64")
-        peak = events.assign(minute=minute).groupby([key, "minute"]).size() \
-            .groupby(level=0).max() / 60.0
+        per_minute = events.assign(minute=minute).groupby([key, "minute"]).size()
+        table = table.join((per_minute.groupby(level=0).max() / 60.0).rename("peak_rate"))
+    kinds_of = pivot.loc[table.index]
     rows = []
-    for value, kinds in pivot.iterrows():
-        kinds = {k: int(n) for k, n in kinds.items() if n}
-        row: dict = {by: int(value) if by == "port" else value,
-                     "total": int(sum(kinds.values())), "kinds": kinds}
-        if times is not None and value in times.index:
-            row["first"] = float(times.loc[value, "min"])
-            row["last"] = float(times.loc[value, "max"])
-        else:
-            row["first"] = row["last"] = None
-        if peak is not None and value in peak.index:
-            row["peak_rate"] = round(float(peak.loc[value]), 3)
+    for value, total, kinds in zip(table.index, table["total"], kinds_of.to_dict("records"),
+                                   strict=True):
+        row: dict = {by: int(value) if by == "port" else value, "total": int(total),
+                     "kinds": {k: int(n) for k, n in kinds.items() if n}}
+        first = table.at[value, "first"] if "first" in table else None
+        row["first"] = None if first is None or pd.isna(first) else float(first)
+        last = table.at[value, "last"] if "last" in table else None
+        row["last"] = None if last is None or pd.isna(last) else float(last)
+        if "peak_rate" in table and not pd.isna(table.at[value, "peak_rate"]):
+            row["peak_rate"] = round(float(table.at[value, "peak_rate"]), 3)
         rows.append(row)
-    rows.sort(key=lambda r: (-r["total"], str(r[by])))
-    out["rows"] = rows[:top] if top else rows
+    out["rows"] = rows
     return out
 
 

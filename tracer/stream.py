@@ -64,9 +64,12 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
             on_started()
         started = time.monotonic()
         next_periodic = started + periodic if periodic else None
+        flush = getattr(sink, "flush", None)
         while not flags.stop.is_set():
             for event in source.poll(poll_interval):
                 sink.event(event)
+            if flush is not None:
+                flush()
             now = time.monotonic()
             if flags.tally_now.is_set() or (next_periodic and now >= next_periodic):
                 flags.tally_now.clear()

@@ -82,11 +82,11 @@ def test_build_defines_values():
         assert (d[f"SYM_{name.upper()}_START"], d[f"SYM_{name.upper()}_END"]) == (start, end)
     assert {k: d[k] for k in (
         "SYNQ_FULL_AT_MAX", "SYNCOOKIE_VALID_JIFFIES", "MAX_SYNACK_LEN", "GRACE_NS",
-        "MAX_PEERS", "RINGBUF_PAGES", "RINGBUF_WAKE_BYTES", "RATE_INTERVAL_NS",
+        "MAX_PEERS", "RINGBUF_PAGES", "RATE_INTERVAL_NS",
         "RATE_BURST_NS", "FAMILY_TIMEWAIT", "FAMILY_SYN", "FAMILY_PAWS", "HAVE_RX_SK")} == {
         "SYNQ_FULL_AT_MAX": 0, "SYNCOOKIE_VALID_JIFFIES": 30000, "MAX_SYNACK_LEN": 160,
-        "GRACE_NS": 200_000_000, "MAX_PEERS": 131072, "RINGBUF_PAGES": 1024,
-        "RINGBUF_WAKE_BYTES": 1048576, "RATE_INTERVAL_NS": 200_000,   # 5000/s per CPU
+        "GRACE_NS": 200_000_000, "MAX_PEERS": 131072, "RINGBUF_PAGES": 2048,
+        "RATE_INTERVAL_NS": 200_000,   # 5000/s per CPU
         "RATE_BURST_NS": 100_000_000, "FAMILY_TIMEWAIT": 0, "FAMILY_SYN": 1,
         "FAMILY_PAWS": 1, "HAVE_RX_SK": 1}
     assert all(isinstance(v, int) and v >= 0 for v in d.values())

@@ -5,7 +5,7 @@ The layouts mirror bpf/refusal.h (struct refusal_event, struct peer_key).
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -20,17 +20,32 @@ REASON_NONE = 0xFFFFFFFF
 SYNTHETIC_REASONS = {0x10001: "ACCEPT_QUEUE_FULL", 0x10002: "SYN_QUEUE_FULL"}
 
 
+_ADDRESSES: dict[bytes, tuple[int, str]] = {}
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
 def address(family: int, raw: bytes) -> tuple[int, str]:
-    """(family, text) of a 16-byte address field; v4-mapped IPv6 is shown as IPv4."""
+    """(family, text) of a 16-byte address field; v4-mapped IPv6 is shown as IPv4.
+
+    Cached: the same peers come back again and again, and this runs per event.
+    """
+    key = raw[:4] if family == 4 else raw
+    hit = _ADDRESSES.get(key)
+    if hit is not None:
+        return hit
     if family == 4:
-        return 4, str(ipaddress.IPv4Address(raw[:4]))
-    addr = ipaddress.IPv6Address(raw)
-    if addr.ipv4_mapped is not None:
-        return 4, str(addr.ipv4_mapped)
-    return 6, str(addr)
+        hit = (4, socket.inet_ntop(socket.AF_INET, raw[:4]))
+    elif raw[:12] == _V4_MAPPED:
+        hit = (4, socket.inet_ntop(socket.AF_INET, raw[12:16]))
+    else:
+        hit = (6, socket.inet_ntop(socket.AF_INET6, raw))
+    if len(_ADDRESSES) > 500_000:            # a flood of distinct sources: start over
+        _ADDRESSES.clear()
+    _ADDRESSES[key] = hit
+    return hit
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RawRecord:
     """One ring-buffer record before time and reason are resolved."""
 

@@ -27,7 +27,8 @@ class JsonPrinter:
         self._write(s.to_json())
 
     def event(self, e: Event) -> None:
-        self._write(e.to_json())
+        self.out.write(e.json_line())
+        self.out.flush()
 
     def tally(self, t: Tally) -> None:
         self._write(t.to_json())

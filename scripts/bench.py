@@ -1,0 +1,374 @@
+"""Benchmark of the tracer under a refusal flood (TESTING.md section 6), as ratios measured
+side by side in the same run. Prints a table and writes a JSON result file.
+
+Workload: trafgen in a client namespace sends SYNs from N spoofed sources (10.0.0.0/12)
+through a veth to a listener with backlog 1 that never accepts, so every SYN is a syn_drop.
+Generator on CPU 0, tracer on CPU 1; everything runs in namespaces this script creates and
+removes. Run it through scripts/bench (which sets the machine up first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tracer.lab import SERVER4, Lab, remove_stale, run  # noqa: E402
+
+PORT = 8080
+SPOOF_NET = "10.0.0.0/12"
+BASE = 10 << 24                   # 10.0.0.0: sources count up from here
+TRACER = [sys.executable, "-m", "tracer"]
+
+
+def trafgen_config(lab: Lab, sources: int) -> str:
+    high = sources - 1
+    return (f"{{ eth(da={lab.smac}, sa={lab.cmac}),\n"
+            f"  ipv4(saddr=10.0.0.0, saddr[0:4]=dinc({BASE}, {BASE + high}), daddr={SERVER4},"
+            f" ttl=64, df),\n"
+            f"  tcp(sp=dinc(1024, 65000), dp={PORT}, seq=drnd(), syn, win=65535) }}\n")
+
+
+class Flood:
+    """The lab, the full listener, and trafgen runs against it."""
+
+    def __init__(self, sources: int) -> None:
+        self.sources = sources
+        self.lab = Lab("bench", prefix="rtb")
+        self.configs: dict[int, str] = {}
+
+    def __enter__(self) -> Flood:
+        remove_stale("rtb")
+        self.lab.__enter__()
+        lab = self.lab
+        run("ip", "route", "add", SPOOF_NET, "via", "10.213.0.11", "dev", "s0", ns=lab.srv)
+        self.listener = lab.socket_in(lab.srv)
+        self.listener.bind((SERVER4, PORT))
+        self.listener.listen(1)
+        self.fill = []
+        for _ in range(2):                                 # backlog + 1: the queue is full
+            s = lab.socket_in(lab.cli)
+            s.settimeout(2)
+            s.connect((SERVER4, PORT))
+            self.fill.append(s)
+        return self
+
+    def config(self, sources: int) -> str:
+        if sources not in self.configs:
+            with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
+                f.write(trafgen_config(self.lab, sources))
+            self.configs[sources] = f.name
+        return self.configs[sources]
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.fill:
+            s.close()
+        self.listener.close()
+        self.lab.teardown()
+        for path in self.configs.values():
+            os.unlink(path)
+
+    def drops(self) -> int:
+        return Lab.counters(self.lab.srv).get("ListenDrops", 0)
+
+    def blast(self, seconds: float, rate: str | None = None, sources: int | None = None) -> float:
+        """Flood for `seconds`; refusals per second the kernel handled (ListenDrops)."""
+        before, t0 = self.drops(), time.monotonic()
+        cmd = ["ip", "netns", "exec", self.lab.cli, "taskset", "-c", "0", "timeout",
+               "--signal=INT", str(seconds), "trafgen", "-o", "c0", "-i",
+               self.config(sources or self.sources),
+               "-P", "1", "-q"]
+        if rate:
+            cmd += ["-b", rate]
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=seconds + 20, check=False)
+        wall = time.monotonic() - t0
+        return (self.drops() - before) / wall
+
+
+class Tracer:
+    """`tracer record` (or another tool) running on CPU 1 for the length of a block."""
+
+    def __init__(self, argv: list[str], ready: str | None = None) -> None:
+        self.argv = argv
+        self.ready = ready
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Tracer:
+        self.proc = subprocess.Popen(["taskset", "-c", "1", *self.argv], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        deadline = time.monotonic() + 60
+        if self.ready:                                     # a file that gets a first line
+            while not (os.path.exists(self.ready) and os.path.getsize(self.ready)):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.argv[0]} did not start")
+                time.sleep(0.05)
+        else:                                              # its stdout's first line
+            assert self.proc.stdout is not None
+            self.proc.stdout.readline()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def record_argv(path: str, *extra: str) -> list[str]:
+    return [*TRACER, "record", "-o", path, "--force", *extra]
+
+
+def bpftrace_argv() -> list[str]:
+    from tracer.probe import kallsyms
+    start, end = kallsyms.load_ranges(["tcp_rcv_state_process"])["tcp_rcv_state_process"]
+    prog = ("BEGIN { printf(\"ready\\n\"); } "
+            f"tracepoint:skb:consume_skb /(uint64)args->location >= {start} && "
+            f"(uint64)args->location < {end}/ {{ "
+            "$skb = (struct sk_buff *)args->skbaddr; "
+            "$ip = (struct iphdr *)($skb->head + $skb->network_header); "
+            "@[$ip->saddr] = count(); }")
+    return ["bpftrace", "-q", "-e", prog]
+
+
+# ------------------------------------------------------------------ measurements
+def overhead(flood: Flood, reps: int, seconds: float, tmp: str) -> dict:
+    """Refusals/s with the tracer (and with bpftrace) over without, alternating, per rep."""
+    ratios, bpft, tracer_vs_bpft, rates = [], [], [], []
+    for _ in range(reps):
+        order = ["none", "tracer", "bpftrace"]
+        random.shuffle(order)
+        got = {}
+        for who in order:
+            if who == "none":
+                got[who] = flood.blast(seconds)
+            elif who == "tracer":
+                with Tracer(record_argv(f"{tmp}/flood.ndjson"), ready=f"{tmp}/flood.ndjson"):
+                    got[who] = flood.blast(seconds)
+            else:
+                with Tracer(bpftrace_argv()):
+                    got[who] = flood.blast(seconds)
+        rates.append(got)
+        ratios.append(got["tracer"] / got["none"])
+        bpft.append(got["bpftrace"] / got["none"])
+        tracer_vs_bpft.append(got["tracer"] / got["bpftrace"])
+    return {"rates": rates, "tracer_ratio": ratios, "bpftrace_ratio": bpft,
+            "tracer_vs_bpftrace": tracer_vs_bpft}
+
+
+class BpfStats:
+    """bpf(BPF_ENABLE_STATS): run-time statistics while the fd is open (no sysctl change)."""
+
+    def __enter__(self) -> BpfStats:
+        attr = ctypes.create_string_buffer(16)             # .enable_stats.type = 0 (RUN_TIME)
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.syscall(321, 32, attr, 16)          # __NR_bpf, BPF_ENABLE_STATS
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def prog_stats(pid: int) -> dict[str, tuple[int, int]]:
+    """run_time_ns, run_cnt of each tracepoint program the process `pid` attached."""
+    def bpftool(*args: str) -> list[dict]:
+        out = subprocess.run(["bpftool", *args, "-j"], capture_output=True, text=True,
+                             timeout=20, check=True).stdout
+        return json.loads(out or "[]")
+
+    names = {p["prog_id"]: p["tracepoint"] for p in bpftool("perf", "list")
+             if p.get("pid") == pid}
+    return {names[p["id"]]: (p.get("run_time_ns", 0), p.get("run_cnt", 0))
+            for p in bpftool("prog", "show") if p["id"] in names}
+
+
+def per_program_cost(flood: Flood, seconds: float, tmp: str) -> dict:
+    """ns per invocation of each program: in the flood, and in ordinary traffic."""
+    result = {}
+    with BpfStats():
+        path = f"{tmp}/cost.ndjson"
+        with Tracer(record_argv(path), ready=path) as t:
+            assert t.proc is not None
+            base = prog_stats(t.proc.pid)
+            flood.blast(seconds)
+            mid = prog_stats(t.proc.pid)
+            ordinary_traffic(flood.lab, seconds)
+            end = prog_stats(t.proc.pid)
+    for phase, (a, b) in {"flood": (base, mid), "ordinary": (mid, end)}.items():
+        result[phase] = {name: round((b[name][0] - a[name][0]) / (b[name][1] - a[name][1]), 1)
+                         for name in b if b[name][1] > a.get(name, (0, 0))[1]}
+        result[phase + "_runs"] = {name: b[name][1] - a.get(name, (0, 0))[1] for name in b}
+    return result
+
+
+def ordinary_traffic(lab: Lab, seconds: float) -> None:
+    """Bulk data over a normal connection: every packet hits the per-packet tracepoints."""
+    srv = lab.socket_in(lab.srv)
+    srv.bind((SERVER4, 9999))
+    srv.listen(4)
+    cli = lab.socket_in(lab.cli)
+    cli.connect((SERVER4, 9999))
+    child, _ = srv.accept()
+    child.settimeout(1)
+    deadline = time.monotonic() + seconds
+    chunk = b"x" * 65536
+    while time.monotonic() < deadline:
+        cli.sendall(chunk)
+        got = 0
+        while got < len(chunk):
+            got += len(child.recv(len(chunk)))
+    for s in (cli, child, srv):
+        s.close()
+
+
+def lossless_rate(flood: Flood, seconds: float, tmp: str, rates: list[int]) -> dict:
+    """Highest offered refusal rate at which a recording with no event cap loses nothing."""
+    results = []
+    for rate in rates:
+        path = f"{tmp}/rate.ndjson"
+        with Tracer(record_argv(path, "--max-events-per-second", "0"), ready=path):
+            handled = flood.blast(seconds, rate=f"{rate}pps")
+        time.sleep(0.5)
+        last = [json.loads(x) for x in open(path).read().splitlines()[-2:]]
+        lost = last[-1].get("lost") if last and last[-1].get("type") == "end" else None
+        results.append({"offered": rate, "handled": round(handled), "lost": lost})
+        if lost != 0:
+            break
+    ok = [r["handled"] for r in results if r["lost"] == 0]
+    return {"steps": results, "lossless_events_per_second": max(ok) if ok else 0}
+
+
+def startup(reps: int) -> dict:
+    times = []
+    for _ in range(reps):
+        t0 = time.monotonic()
+        p = subprocess.Popen([*TRACER, "watch", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+        assert p.stdout is not None
+        p.stdout.readline()
+        times.append(time.monotonic() - t0)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)
+    return {"seconds": [round(t, 3) for t in times], "median": round(statistics.median(times), 3)}
+
+
+def memory(flood: Flood, seconds: float, tmp: str, sources: int) -> dict:
+    """Tracer RSS while peers churn through the LRU (sources distinct addresses)."""
+    path = f"{tmp}/mem.ndjson"
+    samples = []
+    with Tracer(record_argv(path), ready=path) as t:
+        assert t.proc is not None
+        for _ in range(3):
+            flood.blast(seconds, sources=sources)
+            status = Path(f"/proc/{t.proc.pid}/status").read_text()
+            children = subprocess.run(["pgrep", "-P", str(t.proc.pid)], capture_output=True,
+                                      text=True, check=False).stdout.split()
+            pid = int(children[0]) if children else t.proc.pid
+            status = Path(f"/proc/{pid}/status").read_text()
+            rss = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS"))
+            samples.append(round(rss / 1024, 1))
+    return {"sources": sources, "rss_mib": samples}
+
+
+def report_speed(tmp: str, events: int) -> dict:
+    """`tracer report` on a synthetic recording of `events` events."""
+    path = f"{tmp}/big.ndjson"
+    rng = random.Random(1)
+    t0 = 1_800_000_000.0
+    with open(path, "w") as f:
+        f.write(json.dumps({"type": "session", "format": 1, "host": "bench", "kernel": "x",
+                            "started": t0, "tracer": "bench", "kinds": {}, "sysctls": {}})
+                + "\n")
+        for i in range(events):
+            peer = f"10.{rng.randrange(16)}.{rng.randrange(256)}.{rng.randrange(256)}"
+            f.write(f'{{"type":"event","ts":{t0 + i / 1000:.6f},"kind":"syn_drop",'
+                    f'"category":"syn","peer":"{peer}","peer_port":{1024 + i % 60000},'
+                    f'"local":"10.213.0.1","local_port":8080,"family":4,"netns":1,'
+                    f'"reason":"ACCEPT_QUEUE_FULL"}}\n')
+    t = time.monotonic()
+    r = subprocess.run([*TRACER, "report", path, "--format", "json", "--top", "10"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, check=False)
+    took = time.monotonic() - t
+    os.unlink(path)
+    return {"events": events, "seconds": round(took, 2), "ok": r.returncode == 0}
+
+
+def median_range(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.3f} [{min(xs):.3f}-{max(xs):.3f}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 2 min)")
+    ap.add_argument("--sources", type=int, default=4096, help="distinct spoofed sources")
+    ap.add_argument("--output", default=str(ROOT / "bench-result.json"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root", file=sys.stderr)
+        return 1
+    if not 1 <= args.sources <= 1 << 20:
+        print("bench: --sources must be 1..1048576", file=sys.stderr)
+        return 2
+    reps, secs = (3, 2.0) if args.quick else (7, 4.0)
+    result: dict = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                                "host": socket.gethostname()},
+                    "quick": args.quick, "sources": args.sources}
+    with tempfile.TemporaryDirectory() as tmp, Flood(args.sources) as flood:
+        result["startup"] = startup(3)
+        result["overhead"] = overhead(flood, reps, secs, tmp)
+        result["program_cost_ns"] = per_program_cost(flood, secs, tmp)
+        steps = [100_000, 200_000, 250_000, 300_000, 400_000]
+        result["lossless"] = lossless_rate(flood, secs, tmp, steps[:3] if args.quick else steps)
+        result["memory"] = memory(flood, secs, tmp, 1 << 20)
+        result["report"] = report_speed(tmp, 200_000 if args.quick else 1_000_000)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    o = result["overhead"]
+    rows = [
+        ("overhead ratio (tracer/none)", median_range(o["tracer_ratio"]), ">= 0.85"),
+        ("bpftrace one-liner ratio", median_range(o["bpftrace_ratio"]), "reference"),
+        ("tracer / bpftrace", median_range(o["tracer_vs_bpftrace"]), ">= 1.0"),
+        ("refusals/s without tracer",
+         f"{statistics.median(r['none'] for r in o['rates']):,.0f}", "-"),
+        ("lossless event rate", f"{result['lossless']['lossless_events_per_second']:,}/s",
+         ">= 250,000/s"),
+        ("startup (exec -> session)", f"{result['startup']['median']} s", "<= 2.5 s"),
+        (f"tracer RSS, {result['memory']['sources']:,} sources",
+         f"{result['memory']['rss_mib']} MiB",
+         "<= 300 MiB, flat"),
+        (f"report of {result['report']['events']:,} events", f"{result['report']['seconds']} s",
+         "<= 5 s (1,000,000)"),
+    ]
+    for phase in ("flood", "ordinary"):
+        for name, ns in sorted(result["program_cost_ns"][phase].items()):
+            rows.append((f"{phase}: {name} ns/run", f"{ns}", ""))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':<{width}}  {'result':<32}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<32}  {target}")
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
