@@ -322,7 +322,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 2 min)")
     ap.add_argument("--sources", type=int, default=4096, help="distinct spoofed sources")
-    ap.add_argument("--output", default=str(ROOT / "bench-result.json"))
+    ap.add_argument("--output", default=str(ROOT / "docs" / "bench-result.json"))
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)

@@ -39,7 +39,7 @@ def address(family: int, raw: bytes) -> tuple[int, str]:
         hit = (4, socket.inet_ntop(socket.AF_INET, raw[12:16]))
     else:
         hit = (6, socket.inet_ntop(socket.AF_INET6, raw))
-    if len(_ADDRESSES) > 500_000:            # a flood of distinct sources: start over
+    if len(_ADDRESSES) > 65_536:             # a flood of distinct sources: start over
         _ADDRESSES.clear()
     _ADDRESSES[key] = hit
     return hit

@@ -7,9 +7,11 @@ numbers from tracefs, function ranges from kallsyms. Nothing is text-substituted
 from __future__ import annotations
 
 import ctypes
+import errno
 import gzip
 import os
 import re
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,6 +190,43 @@ def bundle_source(main: Path = BPF_DIR / "tracer.c") -> str:
     return expand(main)
 
 
+def _release_compiler_memory() -> None:
+    """Hand the heap clang/LLVM used for compiling back to the system (glibc malloc_trim):
+    the tracer runs for hours on a host that is short of memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _lookup_batch(table) -> tuple[ctypes.Array, ctypes.Array, int]:
+    """Every entry of a bcc hash table by BPF_MAP_LOOKUP_BATCH: (keys, values, count)."""
+    from bcc.libbcc import lib
+
+    capacity = table.max_entries
+    key_size, leaf_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+    keys = ctypes.create_string_buffer(capacity * key_size)
+    values = ctypes.create_string_buffer(capacity * leaf_size)
+    token, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    total = 0
+    while total < capacity:
+        count.value = capacity - total
+        res = lib.bpf_lookup_batch(table.map_fd, ctypes.byref(token) if total else None,
+                                   ctypes.byref(token),
+                                   ctypes.byref(keys, key_size * total),
+                                   ctypes.byref(values, leaf_size * total),
+                                   ctypes.byref(count))
+        err = ctypes.get_errno()
+        total += count.value
+        if res != 0:
+            if err == errno.ENOENT:                # walked the whole map
+                break
+            raise OSError(err, os.strerror(err))
+        if count.value == 0:
+            break
+    return keys, values, total
+
+
 class LoadedProbe:
     """The compiled, attached BPF programs and their maps."""
 
@@ -207,6 +246,7 @@ class LoadedProbe:
                 f"loading the BPF programs failed ({e})",
                 "see the compiler output above; the kernel headers may be missing or broken "
                 "(./scripts/setup installs them)") from e
+        _release_compiler_memory()
 
     def open_events(self, callback: Callable[[bytes], None]) -> None:
         """Deliver each ring-buffer record to callback as bytes."""
@@ -222,9 +262,23 @@ class LoadedProbe:
         self.bpf.ring_buffer_consume()
 
     def peer_counts(self) -> list[tuple[bytes, list[int]]]:
-        """Raw (key bytes, per-CPU values) of every live peer_counts entry."""
+        """Raw (key bytes, per-CPU values) of every live peer_counts entry.
+
+        One BPF_MAP_LOOKUP_BATCH into flat buffers, decoded with struct: the map may hold
+        100,000+ peers and is read every second, so no per-entry syscall or ctypes object.
+        Kernels without batch lookups (< 5.6) fall back to iterating.
+        """
         table = self.bpf["peer_counts"]
-        return [(bytes(k), list(v)) for k, v in table.items()]
+        try:
+            keys, values, count = _lookup_batch(table)
+        except OSError:
+            return [(bytes(k), list(v)) for k, v in table.items()]
+        key_size, leaf_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        ncpu = leaf_size // 8
+        key_bytes = keys.raw[:count * key_size]
+        per_cpu = struct.iter_unpack(f"<{ncpu}Q", values.raw[:count * leaf_size])
+        return [(key_bytes[i * key_size:(i + 1) * key_size], list(v))
+                for i, v in zip(range(count), per_cpu, strict=False)]
 
     def kind_totals(self) -> dict[int, list[int]]:
         table = self.bpf["kind_totals"]
