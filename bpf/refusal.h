@@ -190,6 +190,20 @@ static __always_inline int parse_segment(void *skb, struct segment *s)
     return 0;
 }
 
+/* The TCP flags byte alone, for hot paths that only care about one kind of segment:
+ * three reads instead of a full parse. Callers confirm with parse_segment(). */
+static __always_inline u8 tcp_flags_of(void *skb)
+{
+    unsigned char *head = 0;
+    u16 th = 0;
+    u8 flags = 0;
+    READ(head, skb, OFF_SKB_HEAD);
+    READ(th, skb, OFF_SKB_TRANSPORT_HEADER);
+    if (head && th != 0xffff)
+        bpf_probe_read_kernel(&flags, 1, head + th + 13);
+    return flags;
+}
+
 /* ---------------------------------------------------------------- counting and events */
 
 static __always_inline void count_peer(struct peer_key *k, s64 delta)
@@ -272,10 +286,10 @@ static __always_inline void emit(u8 kind, u32 netns, struct segment *s, int peer
     submit(e);
 }
 
-/* Count one refusal (always, exactly) and emit its event (unless the rate cap holds it
- * back). peer_is_src: the peer is the segment's source (inbound) or its destination. */
-static __always_inline void report(u8 kind, u32 netns, struct segment *s, int peer_is_src,
-                                   u32 reason, u16 flags)
+/* Count one refusal, always and exactly. peer_is_src: the peer is the segment's source
+ * (inbound) or its destination. */
+static __always_inline void count_refusal(u8 kind, u32 netns, struct segment *s,
+                                          int peer_is_src)
 {
     struct peer_key k = {};
     k.netns = netns;
@@ -284,13 +298,26 @@ static __always_inline void report(u8 kind, u32 netns, struct segment *s, int pe
     k.local_port = peer_is_src ? s->dport : s->sport;
     __builtin_memcpy(k.peer, peer_is_src ? s->saddr : s->daddr, 16);
     count_peer(&k, 1);
+}
 
+/* May an event go out now? Counts the ones the rate cap holds back. Callers compute
+ * anything only the event needs (a reason) after this says yes. */
+static __always_inline int event_allowed(u64 now)
+{
+    if (rate_allows(now))
+        return 1;
+    bump_stat(STAT_SUPPRESSED);
+    return 0;
+}
+
+/* Count one refusal and emit its event unless the rate cap holds it back. */
+static __always_inline void report(u8 kind, u32 netns, struct segment *s, int peer_is_src,
+                                   u32 reason, u16 flags)
+{
+    count_refusal(kind, netns, s, peer_is_src);
     u64 now = bpf_ktime_get_ns();
-    if (!rate_allows(now)) {
-        bump_stat(STAT_SUPPRESSED);
-        return;
-    }
-    emit(kind, netns, s, peer_is_src, reason, flags, now);
+    if (event_allowed(now))
+        emit(kind, netns, s, peer_is_src, reason, flags, now);
 }
 
 #endif /* REFUSAL_H */

@@ -185,6 +185,9 @@ static __always_inline u32 syn_drop_reason(u32 netns, struct segment *s)
 /* net:net_dev_queue of a packet short enough to be a SYN-ACK. */
 static __always_inline int syn_on_dev_queue(void *skb)
 {
+    /* Under a SYN flood every SYN passes here too: look at the flags before parsing. */
+    if ((tcp_flags_of(skb) & (TCP_SYN | TCP_ACK | TCP_RST)) != (TCP_SYN | TCP_ACK))
+        return 0;
     struct segment s = {};
     if (parse_segment(skb, &s) || (s.flags & (TCP_SYN | TCP_ACK | TCP_RST)) != (TCP_SYN | TCP_ACK))
         return 0;
@@ -294,7 +297,12 @@ static __always_inline int syn_on_consume(void *skb)
         pending.update(&pk, &now);
         flags = EVF_PENDING;
     }
-    report(KIND_SYN_DROP, netns, &s, 1, syn_drop_reason(netns, &s), flags);
+    /* The queue that was full is only worth its lookups when an event goes out: under a
+     * flood most refusals are counted but capped. */
+    count_refusal(KIND_SYN_DROP, netns, &s, 1);
+    u64 now = bpf_ktime_get_ns();
+    if (event_allowed(now))
+        emit(KIND_SYN_DROP, netns, &s, 1, syn_drop_reason(netns, &s), flags, now);
     return 0;
 }
 
