@@ -119,6 +119,8 @@ class Selection:
         return self.since is not None or self.until is not None
 
     def events(self, df: pd.DataFrame) -> pd.DataFrame:
+        if not (self.by_time or self.kinds or self.peers):
+            return df
         mask = pd.Series(True, index=df.index)
         if self.since is not None:
             mask &= df["ts"] >= self.since
@@ -137,7 +139,9 @@ class Selection:
         return mask
 
     def tallies(self, df: pd.DataFrame) -> pd.DataFrame:
-        return df[self._common(df)] if not df.empty else df
+        if df.empty or not (self.kinds or self.peers):
+            return df
+        return df[self._common(df)]
 
 
 def build(loaded: Loaded, by: str, sel: Selection, top: int | None) -> dict:
@@ -172,6 +176,7 @@ def build(loaded: Loaded, by: str, sel: Selection, top: int | None) -> dict:
     table = table.sort_values("total", ascending=False, kind="stable")
     if top:
         table = table.head(top)
+        events = events[events[key].isin(table.index)]    # times only for the rows shown
     if not events.empty:
         table = table.join(events.groupby(key)["ts"].agg(first="min", last="max"))
         minute = (events["ts"] // 60).astype("int64")

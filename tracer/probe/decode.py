@@ -91,7 +91,23 @@ class ReasonNames:
     def name(self, number: int) -> str | None:
         if number == REASON_NONE:
             return None
-        return self._names.get(number, str(number))
+        name = self._names.get(number)
+        return name if name is not None else str(number)
+
+
+KINDS_BY_ID = {k.value: k for k in Kind}
+
+
+def fast_event(data: bytes, reasons: ReasonNames, wall_offset: float) -> Event | None:
+    """The Event of an ordinary record straight from its bytes (the per-event hot path);
+    None for a pending or retraction record, or a kind this version does not know."""
+    ts, netns, reason, kind, family, pport, lport, flags, peer, local = EVENT.unpack_from(data)
+    k = KINDS_BY_ID.get(kind)
+    if k is None or flags & EVF_PENDING:
+        return None
+    fam, peer_text = address(family, peer)
+    return Event(ts / 1e9 + wall_offset, k, peer_text, pport, address(family, local)[1], lport,
+                 fam, netns, reasons.name(reason))
 
 
 def to_event(raw: RawRecord, reasons: ReasonNames, wall_offset: float) -> Event:

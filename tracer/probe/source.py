@@ -58,6 +58,7 @@ class LiveSource:
         self._wall_offset = time.time() - time.monotonic()
         self._ready: list[Event] = []
         self._seen_netns: set[int] = set()
+        self._everything = self.selection.is_everything
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Session:
@@ -96,6 +97,13 @@ class LiveSource:
 
     # ------------------------------------------------------------------ events
     def _on_record(self, data: bytes) -> None:
+        event = decode.fast_event(data, self._reasons, self._wall_offset)
+        if event is not None:                     # the common case, kept short
+            if self._everything or self.selection.matches_event(event):
+                if event.netns not in self._seen_netns:
+                    self._watch_netns(event.netns)
+                self._ready.append(event)
+            return
         raw = decode.decode_record(data)
         if raw.is_retraction:
             self.grace.retract(raw)
