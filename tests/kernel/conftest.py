@@ -217,3 +217,17 @@ def fill_accept_queue(lab: Lab, dst: str, port: int, n: int) -> list[socket.sock
 
 def delta(before: dict[str, int], after: dict[str, int], name: str) -> int:
     return after.get(name, 0) - before.get(name, 0)
+
+
+def accept_queue_drops(lab: Lab, port: int, per_ip: dict[str, int]) -> None:
+    """TESTING.md's sequential recipe: a full backlog-2 listener, then per_ip[ip] SYNs from
+    each client address, every one dropped (closed before the 1 s retransmit)."""
+    listener = lab.socket_in(lab.srv)
+    listener.bind((SERVER4, port))
+    listener.listen(2)
+    fill = fill_accept_queue(lab, SERVER4, port, 3)
+    socks = [connect_nb(lab, ip, SERVER4, port) for ip, k in per_ip.items() for _ in range(k)]
+    time.sleep(0.3)
+    for s in socks + fill:
+        s.close()
+    listener.close()

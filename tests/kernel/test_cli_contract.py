@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from tests.kernel.conftest import ROOT, connect_nb, fill_accept_queue, settle
+from tests.kernel.conftest import ROOT, accept_queue_drops, settle
 from tracer.lab import CLIENTS4, SERVER4, Lab
 
 TRACER = [sys.executable, "-m", "tracer"]
@@ -33,18 +33,6 @@ def first_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
     return line
 
 
-def drops(lab: Lab, port: int, per_ip: dict[str, int]) -> None:
-    listener = lab.socket_in(lab.srv)
-    listener.bind((SERVER4, port))
-    listener.listen(2)
-    fill = fill_accept_queue(lab, SERVER4, port, 3)
-    socks = [connect_nb(lab, ip, SERVER4, port) for ip, k in per_ip.items() for _ in range(k)]
-    time.sleep(0.3)
-    for s in socks + fill:
-        s.close()
-    listener.close()
-
-
 def test_duration_filters_and_final_lines(tmp_path):
     with Lab("cli1", prefix="rtk") as lab:
         proc = start("watch", "--json", "--duration", "4", "-P", "9201",
@@ -55,8 +43,8 @@ def test_duration_filters_and_final_lines(tmp_path):
         assert session["type"] == "session" and session["format"] == 1
         assert session["kinds"]["syn_drop"] == {"available": True,
                                                 "via": "skb:consume_skb+net:net_dev_queue"}
-        drops(lab, 9201, {CLIENTS4[0]: 1, CLIENTS4[1]: 2, CLIENTS4[2]: 3, CLIENTS4[3]: 4})
-        drops(lab, 9202, {CLIENTS4[1]: 5})                 # other port: filtered out
+        accept_queue_drops(lab, 9201, dict(zip(CLIENTS4, (1, 2, 3, 4), strict=True)))
+        accept_queue_drops(lab, 9202, {CLIENTS4[1]: 5})          # other port: filtered out
         out, err = proc.communicate(timeout=30)
         elapsed = time.monotonic() - started
         netns = Lab.inode(lab.srv)
@@ -84,7 +72,7 @@ def test_sigterm_is_a_normal_end_and_text_mode_prints_bcc_style(tmp_path):
             header = proc.stdout.readline()
         assert header.split() == ["TIME", "KIND", "PEER:PORT", ">", "LOCAL:PORT", "REASON",
                                   "NETNS"]
-        drops(lab, 9203, {CLIENTS4[3]: 2})
+        accept_queue_drops(lab, 9203, {CLIENTS4[3]: 2})
         settle()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

@@ -9,22 +9,10 @@ import subprocess
 import sys
 import time
 
-from tests.kernel.conftest import ROOT, connect_nb, fill_accept_queue
-from tracer.lab import CLIENTS4, SERVER4, Lab
+from tests.kernel.conftest import ROOT, accept_queue_drops
+from tracer.lab import CLIENTS4, Lab
 
 TRUTH = {CLIENTS4[0]: 5, CLIENTS4[1]: 2, CLIENTS4[2]: 4, CLIENTS4[3]: 1}
-
-
-def produce_drops(lab: Lab, port: int) -> None:
-    listener = lab.socket_in(lab.srv)
-    listener.bind((SERVER4, port))
-    listener.listen(2)
-    fill = fill_accept_queue(lab, SERVER4, port, 3)
-    socks = [connect_nb(lab, ip, SERVER4, port) for ip, k in TRUTH.items() for _ in range(k)]
-    time.sleep(0.3)
-    for s in socks + fill:
-        s.close()
-    listener.close()
 
 
 def record(path, lab: Lab, *extra: str) -> subprocess.Popen[str]:
@@ -50,7 +38,7 @@ def test_clean_recording_report_equals_its_tally_and_listendrops(tmp_path):
     path = tmp_path / "clean.ndjson.gz"
     with Lab("rec1", prefix="rtk") as lab:
         proc = record(path, lab)
-        produce_drops(lab, 9400)
+        accept_queue_drops(lab, 9400, TRUTH)
         time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
@@ -70,7 +58,7 @@ def test_killed_recorder_still_reports_exact_per_peer_totals(tmp_path):
     path = tmp_path / "killed.ndjson"
     with Lab("rec2", prefix="rtk") as lab:
         proc = record(path, lab)
-        produce_drops(lab, 9401)
+        accept_queue_drops(lab, 9401, TRUTH)
         time.sleep(0.8)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
