@@ -60,7 +60,15 @@ def test_btf_defines_ask_for_every_field_and_split_the_reuseport_bit():
         assert d[define] == 8 * i + 8
     assert d["OFF_SKC_REUSEPORT_BYTE"] == 0x13
     assert d["SKC_REUSEPORT_MASK"] == 0x20
-    assert len(d) == len(load.OFFSETS) + 2
+    assert len(d) == len(load.OFFSETS) + 4             # + the skb header span (or none)
+
+
+def test_skb_header_span_only_when_the_fields_are_close():
+    near = {"OFF_SKB_PROTOCOL": 176, "OFF_SKB_TRANSPORT_HEADER": 178,
+            "OFF_SKB_NETWORK_HEADER": 180, "OFF_SKB_HEAD": 192}
+    assert load.skb_header_span(near) == {"SKB_HDR_START": 176, "SKB_HDR_SPAN": 24}
+    far = dict(near, OFF_SKB_HEAD=216)
+    assert load.skb_header_span(far) == {"SKB_HDR_START": 0, "SKB_HDR_SPAN": 0}
 
 
 def test_a_field_missing_from_btf_is_an_environment_problem():

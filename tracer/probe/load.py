@@ -116,7 +116,20 @@ def btf_defines(btf: Btf) -> dict[str, int]:
             "this kernel is not supported yet; please report its version") from e
     out["OFF_SKC_REUSEPORT_BYTE"] = bit.bit // 8
     out["SKC_REUSEPORT_MASK"] = 1 << (bit.bit % 8)
+    out.update(skb_header_span(out))
     return out
+
+
+def skb_header_span(offsets: dict[str, int]) -> dict[str, int]:
+    """SKB_HDR_START/SPAN when skb's protocol, header offsets and head fit in 32 bytes,
+    so parse_segment() reads them at once; SPAN 0 (four reads) on other layouts."""
+    fields = {"OFF_SKB_PROTOCOL": 2, "OFF_SKB_NETWORK_HEADER": 2,
+              "OFF_SKB_TRANSPORT_HEADER": 2, "OFF_SKB_HEAD": 8}
+    start = min(offsets[f] for f in fields)
+    end = max(offsets[f] + size for f, size in fields.items())
+    if end - start > 32:
+        return {"SKB_HDR_START": 0, "SKB_HDR_SPAN": 0}
+    return {"SKB_HDR_START": start, "SKB_HDR_SPAN": end - start}
 
 
 def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int,
