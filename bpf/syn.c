@@ -270,19 +270,21 @@ static __always_inline int syn_on_consume(void *skb)
     a->valid = 0;
     a->deferred = 0;
 
-    u32 netns = rx_skb_netns(skb);
 #if FAMILY_TIMEWAIT
     int took_tw = tw_took_over(&s, answered, isn);   /* timewait.c */
 #else
     int took_tw = 0;
 #endif
     if (answered) {
+        /* An ordinary answered SYN (every accepted connection) stops here, without the
+         * namespace reads. */
         if (took_tw)
-            report(KIND_TW_REUSE_IN, netns, &s, 1, REASON_NONE, 0);
+            report(KIND_TW_REUSE_IN, rx_skb_netns(skb), &s, 1, REASON_NONE, 0);
         else if (cookie)
-            report(KIND_SYN_COOKIE, netns, &s, 1, REASON_NONE, 0);
+            report(KIND_SYN_COOKIE, rx_skb_netns(skb), &s, 1, REASON_NONE, 0);
         return 0;
     }
+    u32 netns = rx_skb_netns(skb);
     u16 flags = 0;
     if (deferred) {
         /* Its SYN-ACK may be waiting for ARP/ND: decide when it leaves, or not. */
