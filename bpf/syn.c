@@ -182,6 +182,30 @@ static __always_inline u32 syn_drop_reason(u32 netns, struct segment *s)
 
 /* ---------------------------------------------------------------- answer evidence */
 
+/* A segment sent by __tcp_transmit_skb() of a full socket: it sets skb->destructor to
+ * tcp_wfree (data) or __sock_wfree (pure ACK) (4.x to 6.18). A listener's SYN-ACK never
+ * is one: tcp_make_synack() gives it sock_edemux or sock_wfree (request sock, fast open),
+ * or no owner at all (cookie). So this one read skips every ordinary ACK; a symbol
+ * missing from kallsyms (0) disables its half of the test. */
+static __always_inline int from_full_tcp_socket(void *skb)
+{
+#if SYM_TCP_WFREE_START || SYM_SOCK_WFREE_START
+    u64 destructor = 0;
+    READ(destructor, skb, OFF_SKB_DESTRUCTOR);
+    if (!destructor)
+        return 0;
+#if SYM_TCP_WFREE_START
+    if (destructor == SYM_TCP_WFREE_START)
+        return 1;
+#endif
+#if SYM_SOCK_WFREE_START
+    if (destructor == SYM_SOCK_WFREE_START)
+        return 1;
+#endif
+#endif
+    return 0;
+}
+
 /* net:net_dev_queue of a packet short enough to be a SYN-ACK. */
 static __always_inline int syn_on_dev_queue(void *skb)
 {

@@ -29,10 +29,13 @@
 
 #if FAMILY_SYN
 /* Every packet handed to a device. SYN-ACKs are short: the tracepoint's own len field
- * rejects data segments before any memory read. */
+ * rejects data segments before any memory read, and one read of the destructor rejects
+ * the ACKs of established connections (syn.c: from_full_tcp_socket). */
 TRACEPOINT_PROBE(net, net_dev_queue)
 {
     if (args->len > MAX_SYNACK_LEN)
+        return 0;
+    if (from_full_tcp_socket(args->skbaddr))
         return 0;
     syn_on_dev_queue(args->skbaddr);
     return 0;

@@ -15,9 +15,11 @@ from pathlib import Path
 from tracer.model import Kind, KindAvailability
 from tracer.probe import kallsyms, tracefs
 
-# Functions whose address ranges the BPF code checks `location` against.
+# Functions whose addresses the BPF code compares against: tracepoint `location`s, a
+# timer's handler, and the skb destructors of a full TCP socket's transmit path.
 SYMBOLS = ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
-           "cookie_v4_check", "cookie_v6_check", "tw_timer_handler")
+           "cookie_v4_check", "cookie_v6_check", "tw_timer_handler",
+           "tcp_wfree", "__sock_wfree")
 
 # Tracepoints the handlers attach to.
 TRACEPOINTS = ("skb/kfree_skb", "skb/consume_skb", "net/net_dev_queue",

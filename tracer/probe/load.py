@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tracer.errors import EnvironmentProblem
 from tracer.probe.btf import Btf, BtfError
-from tracer.probe.features import KernelFeatures
+from tracer.probe.features import SYMBOLS, KernelFeatures
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
@@ -27,6 +27,7 @@ BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SKB_SK": ("sk_buff", "sk"),
     "OFF_SKB_DEV": ("sk_buff", "dev"),
+    "OFF_SKB_DESTRUCTOR": ("sk_buff", "destructor"),
     "OFF_SKB_HEAD": ("sk_buff", "head"),
     "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
     "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
@@ -143,11 +144,10 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
     for name in REASONS:
         number = features.reason(name)
         d[f"R_{name}"] = number if number is not None else 0xFFFFFFFF
-    for sym in ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
-                "cookie_v4_check", "cookie_v6_check", "tw_timer_handler"):
+    for sym in SYMBOLS:
         start, end = features.symbols.get(sym, (0, 0))
-        d[f"SYM_{sym.upper()}_START"] = start
-        d[f"SYM_{sym.upper()}_END"] = end
+        d[f"SYM_{sym.strip('_').upper()}_START"] = start
+        d[f"SYM_{sym.strip('_').upper()}_END"] = end
     v = features.version
     d["SYNQ_FULL_AT_MAX"] = int(v[:2] == (5, 4) or v == (6, 8, 0))
     d["SYNCOOKIE_VALID_JIFFIES"] = 120 * hz
