@@ -39,7 +39,7 @@ static __always_inline int paws_on_kfree(void *skb, u32 reason, void *sk)
          * tcp_check_req() refusing an ACK to a request sock (rx_sk is the listener). */
         kind = KIND_PAWS;
     }
-    u32 netns = sk ? sk_netns(sk) : rx_skb_netns(skb);
+    u32 netns = sk ? sk_netns(sk) : segment_netns(&s);
     report(kind, netns, &s, 1, reason, 0);
     return 0;
 }

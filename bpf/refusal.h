@@ -75,6 +75,7 @@ struct segment {
     u16 dport;
     u8  family;
     u8  flags;         /* TCP flags byte */
+    unsigned long route;   /* skb->_skb_refdst of a received segment (segment_netns) */
 } __attribute__((aligned(8)));
 
 /* Statistics slots (per-CPU array "stats"). */
@@ -137,91 +138,107 @@ static __always_inline u32 dev_netns(void *dev)
     return net_inum(net);
 }
 
-/* Namespace of a received skb once TCP has it. tcp_v4_rcv/tcp_v6_rcv set skb->dev = NULL,
- * but the input route stays attached (noref) while the segment is processed, and its
- * device (loopback or the ingress device, or a VRF master) lives in the same namespace. */
-static __always_inline u32 rx_skb_netns(void *skb)
+/* The sk_buff fields the handlers use. */
+struct skb_view {
+    unsigned char *head;
+    unsigned long refdst;   /* _skb_refdst: the input route of a received skb */
+    u64 destructor;
+    u16 proto;
+    u16 nh;                 /* network_header, from head */
+    u16 th;                 /* transport_header, from head */
+};
+
+/* All of them in one probe read when BTF puts them within SKB_SPAN bytes (6.x layouts:
+ * 112 bytes from _skb_refdst to head), else one read each. Every probe read costs ~10 ns
+ * and this runs for every refusal. */
+static __always_inline int read_skb(void *skb, struct skb_view *v)
 {
-    unsigned long refdst = 0;
-    void *dev = 0;
-    READ(refdst, skb, OFF_SKB_REFDST);
-    refdst &= ~1UL;                    /* SKB_DST_NOREF flag bit */
-    if (!refdst)
-        return 0;
-    READ(dev, (void *)refdst, OFF_DST_DEV);
-    return dev_netns(dev);
+#if SKB_SPAN
+    u8 span[SKB_SPAN];
+    if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_SPAN_START))
+        return -1;
+    __builtin_memcpy(&v->head, span + OFF_SKB_HEAD - SKB_SPAN_START, 8);
+    __builtin_memcpy(&v->refdst, span + OFF_SKB_REFDST - SKB_SPAN_START, 8);
+    __builtin_memcpy(&v->destructor, span + OFF_SKB_DESTRUCTOR - SKB_SPAN_START, 8);
+    __builtin_memcpy(&v->proto, span + OFF_SKB_PROTOCOL - SKB_SPAN_START, 2);
+    __builtin_memcpy(&v->nh, span + OFF_SKB_NETWORK_HEADER - SKB_SPAN_START, 2);
+    __builtin_memcpy(&v->th, span + OFF_SKB_TRANSPORT_HEADER - SKB_SPAN_START, 2);
+#else
+    READ(v->head, skb, OFF_SKB_HEAD);
+    READ(v->refdst, skb, OFF_SKB_REFDST);
+    READ(v->destructor, skb, OFF_SKB_DESTRUCTOR);
+    READ(v->proto, skb, OFF_SKB_PROTOCOL);
+    READ(v->nh, skb, OFF_SKB_NETWORK_HEADER);
+    READ(v->th, skb, OFF_SKB_TRANSPORT_HEADER);
+#endif
+    if (!v->head || v->nh == 0xffff || v->th == 0xffff)
+        return -1;
+    return 0;
+}
+
+/* The IP header (ip_len bytes) and the first 14 bytes of TCP into buf: one read when TCP
+ * follows the IP header directly (no IPv4 options, no IPv6 extension headers). */
+static __always_inline int read_headers(struct skb_view *v, u8 *buf, const u32 ip_len)
+{
+    if (v->th == v->nh + ip_len)
+        return bpf_probe_read_kernel(buf, ip_len + 14, v->head + v->nh);
+    if (bpf_probe_read_kernel(buf, ip_len, v->head + v->nh))
+        return -1;
+    return bpf_probe_read_kernel(buf + ip_len, 14, v->head + v->th);
 }
 
 /* Parse the IP and TCP headers at head + network_header / transport_header. Both offsets
  * are valid on receive (set by ip_rcv_core/ipv6_rcv) and on transmit (set by the TCP/IP
  * output path), and transport_header already skips IPv6 extension headers. */
-static __always_inline int parse_segment(void *skb, struct segment *s)
+static __always_inline int parse_view(struct skb_view *v, struct segment *s)
 {
-    u16 proto = 0, nh = 0, th = 0;
-    unsigned char *head = 0;
-#if SKB_HDR_SPAN
-    /* protocol, the header offsets and head lie within SKB_HDR_SPAN bytes (6.x layouts):
-     * one read instead of four on the per-refusal path. Offsets are relative to the span. */
-    u8 span[SKB_HDR_SPAN];
-    if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_HDR_START))
-        return -1;
-    __builtin_memcpy(&proto, span + OFF_SKB_PROTOCOL - SKB_HDR_START, 2);
-    __builtin_memcpy(&head, span + OFF_SKB_HEAD - SKB_HDR_START, 8);
-    __builtin_memcpy(&nh, span + OFF_SKB_NETWORK_HEADER - SKB_HDR_START, 2);
-    __builtin_memcpy(&th, span + OFF_SKB_TRANSPORT_HEADER - SKB_HDR_START, 2);
-#else
-    READ(proto, skb, OFF_SKB_PROTOCOL);
-    READ(head, skb, OFF_SKB_HEAD);
-    READ(nh, skb, OFF_SKB_NETWORK_HEADER);
-    READ(th, skb, OFF_SKB_TRANSPORT_HEADER);
-#endif
-    if (!head || nh == 0xffff || th == 0xffff)
-        return -1;
-    if (proto == bpf_htons(0x0800)) {
-        u8 ip[20];
-        if (bpf_probe_read_kernel(ip, sizeof(ip), head + nh) || ip[9] != 6)
+    u8 buf[54];
+    u8 *tcp;
+    if (v->proto == bpf_htons(0x0800)) {
+        if (read_headers(v, buf, 20) || buf[9] != 6)
             return -1;
         s->family = 4;
-        __builtin_memcpy(s->saddr, &ip[12], 4);
-        __builtin_memcpy(s->daddr, &ip[16], 4);
-    } else if (proto == bpf_htons(0x86DD)) {
-        if (bpf_probe_read_kernel(s->saddr, 16, head + nh + 8) ||
-            bpf_probe_read_kernel(s->daddr, 16, head + nh + 24))
+        __builtin_memcpy(s->saddr, &buf[12], 4);
+        __builtin_memcpy(s->daddr, &buf[16], 4);
+        tcp = buf + 20;
+    } else if (v->proto == bpf_htons(0x86DD)) {
+        if (read_headers(v, buf, 40))
             return -1;
         s->family = 6;
+        __builtin_memcpy(s->saddr, &buf[8], 16);
+        __builtin_memcpy(s->daddr, &buf[24], 16);
+        tcp = buf + 40;
     } else {
         return -1;
     }
-    u8 tcp[14];
-    if (bpf_probe_read_kernel(tcp, sizeof(tcp), head + th))
-        return -1;
     s->sport = ((u16)tcp[0] << 8) | tcp[1];
     s->dport = ((u16)tcp[2] << 8) | tcp[3];
     s->seq = ((u32)tcp[4] << 24) | ((u32)tcp[5] << 16) | ((u32)tcp[6] << 8) | tcp[7];
     s->flags = tcp[13];
+    s->route = v->refdst;
     return 0;
 }
 
-/* The TCP flags byte alone, for hot paths that only care about one kind of segment:
- * three reads instead of a full parse. Callers confirm with parse_segment(). */
-static __always_inline u8 tcp_flags_of(void *skb)
+static __always_inline int parse_segment(void *skb, struct segment *s)
 {
-    unsigned char *head = 0;
-    u16 th = 0;
-    u8 flags = 0;
-#if SKB_HDR_SPAN
-    u8 span[SKB_HDR_SPAN];
-    if (bpf_probe_read_kernel(span, sizeof(span), (char *)skb + SKB_HDR_START))
+    struct skb_view v = {};
+    if (read_skb(skb, &v))
+        return -1;
+    return parse_view(&v, s);
+}
+
+/* Namespace of a received segment once TCP has it. tcp_v4_rcv/tcp_v6_rcv set skb->dev =
+ * NULL, but the input route stays attached (noref) while the segment is processed, and
+ * its device (loopback or the ingress device, or a VRF master) lives in the same
+ * namespace. */
+static __always_inline u32 segment_netns(struct segment *s)
+{
+    unsigned long refdst = s->route & ~1UL;    /* SKB_DST_NOREF flag bit */
+    void *dev = 0;
+    if (!refdst)
         return 0;
-    __builtin_memcpy(&head, span + OFF_SKB_HEAD - SKB_HDR_START, 8);
-    __builtin_memcpy(&th, span + OFF_SKB_TRANSPORT_HEADER - SKB_HDR_START, 2);
-#else
-    READ(head, skb, OFF_SKB_HEAD);
-    READ(th, skb, OFF_SKB_TRANSPORT_HEADER);
-#endif
-    if (head && th != 0xffff)
-        bpf_probe_read_kernel(&flags, 1, head + th + 13);
-    return flags;
+    READ(dev, (void *)refdst, OFF_DST_DEV);
+    return dev_netns(dev);
 }
 
 /* ---------------------------------------------------------------- counting and events */

@@ -185,23 +185,17 @@ static __always_inline u32 syn_drop_reason(u32 netns, struct segment *s)
 /* A segment sent by __tcp_transmit_skb() of a full socket: it sets skb->destructor to
  * tcp_wfree (data) or __sock_wfree (pure ACK) (4.x to 6.18). A listener's SYN-ACK never
  * is one: tcp_make_synack() gives it sock_edemux or sock_wfree (request sock, fast open),
- * or no owner at all (cookie). So this one read skips every ordinary ACK; a symbol
- * missing from kallsyms (0) disables its half of the test. */
-static __always_inline int from_full_tcp_socket(void *skb)
+ * or no owner at all (cookie). So this test skips every ordinary ACK; a symbol missing
+ * from kallsyms (0) disables its half. */
+static __always_inline int from_full_tcp_socket(struct skb_view *v)
 {
-#if SYM_TCP_WFREE_START || SYM_SOCK_WFREE_START
-    u64 destructor = 0;
-    READ(destructor, skb, OFF_SKB_DESTRUCTOR);
-    if (!destructor)
-        return 0;
 #if SYM_TCP_WFREE_START
-    if (destructor == SYM_TCP_WFREE_START)
+    if (v->destructor == SYM_TCP_WFREE_START)
         return 1;
 #endif
 #if SYM_SOCK_WFREE_START
-    if (destructor == SYM_SOCK_WFREE_START)
+    if (v->destructor == SYM_SOCK_WFREE_START)
         return 1;
-#endif
 #endif
     return 0;
 }
@@ -209,11 +203,16 @@ static __always_inline int from_full_tcp_socket(void *skb)
 /* net:net_dev_queue of a packet short enough to be a SYN-ACK. */
 static __always_inline int syn_on_dev_queue(void *skb)
 {
+    struct skb_view v = {};
+    if (read_skb(skb, &v) || from_full_tcp_socket(&v))
+        return 0;
     /* Under a SYN flood every SYN passes here too: look at the flags before parsing. */
-    if ((tcp_flags_of(skb) & (TCP_SYN | TCP_ACK | TCP_RST)) != (TCP_SYN | TCP_ACK))
+    u8 flags = 0;
+    bpf_probe_read_kernel(&flags, 1, v.head + v.th + 13);
+    if ((flags & (TCP_SYN | TCP_ACK | TCP_RST)) != (TCP_SYN | TCP_ACK))
         return 0;
     struct segment s = {};
-    if (parse_segment(skb, &s) || (s.flags & (TCP_SYN | TCP_ACK | TCP_RST)) != (TCP_SYN | TCP_ACK))
+    if (parse_view(&v, &s) || (s.flags & (TCP_SYN | TCP_ACK | TCP_RST)) != (TCP_SYN | TCP_ACK))
         return 0;
     void *owner = 0, *dev = 0;
     READ(owner, skb, OFF_SKB_SK);
@@ -303,12 +302,12 @@ static __always_inline int syn_on_consume(void *skb)
         /* An ordinary answered SYN (every accepted connection) stops here, without the
          * namespace reads. */
         if (took_tw)
-            report(KIND_TW_REUSE_IN, rx_skb_netns(skb), &s, 1, REASON_NONE, 0);
+            report(KIND_TW_REUSE_IN, segment_netns(&s), &s, 1, REASON_NONE, 0);
         else if (cookie)
-            report(KIND_SYN_COOKIE, rx_skb_netns(skb), &s, 1, REASON_NONE, 0);
+            report(KIND_SYN_COOKIE, segment_netns(&s), &s, 1, REASON_NONE, 0);
         return 0;
     }
-    u32 netns = rx_skb_netns(skb);
+    u32 netns = segment_netns(&s);
     u16 flags = 0;
     if (deferred) {
         /* Its SYN-ACK may be waiting for ARP/ND: decide when it leaves, or not. */
@@ -392,7 +391,7 @@ static __always_inline int syn_on_kfree(void *skb, u32 reason, u64 loc, void *sk
         return 0;
     if (kind == KIND_COOKIE_FAIL && (s.flags & (TCP_SYN | TCP_RST | TCP_ACK)) != TCP_ACK)
         return 0;
-    u32 netns = sk ? sk_netns(sk) : rx_skb_netns(skb);
+    u32 netns = sk ? sk_netns(sk) : segment_netns(&s);
     if (sk && state == ST_LISTEN)
         learn_listener(sk, netns);
     report(kind, netns, &s, 1, reason, 0);

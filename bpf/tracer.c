@@ -29,13 +29,11 @@
 
 #if FAMILY_SYN
 /* Every packet handed to a device. SYN-ACKs are short: the tracepoint's own len field
- * rejects data segments before any memory read, and one read of the destructor rejects
- * the ACKs of established connections (syn.c: from_full_tcp_socket). */
+ * rejects data segments before any memory read, and the first read (the skb's fields)
+ * rejects the ACKs of established connections by their destructor. */
 TRACEPOINT_PROBE(net, net_dev_queue)
 {
     if (args->len > MAX_SYNACK_LEN)
-        return 0;
-    if (from_full_tcp_socket(args->skbaddr))
         return 0;
     syn_on_dev_queue(args->skbaddr);
     return 0;

@@ -65,10 +65,11 @@ def test_btf_defines_ask_for_every_field_and_split_the_reuseport_bit():
 
 def test_skb_header_span_only_when_the_fields_are_close():
     near = {"OFF_SKB_PROTOCOL": 176, "OFF_SKB_TRANSPORT_HEADER": 178,
-            "OFF_SKB_NETWORK_HEADER": 180, "OFF_SKB_HEAD": 192}
-    assert load.skb_header_span(near) == {"SKB_HDR_START": 176, "SKB_HDR_SPAN": 24}
+            "OFF_SKB_NETWORK_HEADER": 180, "OFF_SKB_HEAD": 192, "OFF_SKB_REFDST": 88,
+            "OFF_SKB_DESTRUCTOR": 96}                     # Linux 6.18
+    assert load.skb_header_span(near) == {"SKB_SPAN_START": 88, "SKB_SPAN": 112}
     far = dict(near, OFF_SKB_HEAD=216)
-    assert load.skb_header_span(far) == {"SKB_HDR_START": 0, "SKB_HDR_SPAN": 0}
+    assert load.skb_header_span(far) == {"SKB_SPAN_START": 0, "SKB_SPAN": 0}
 
 
 def test_a_field_missing_from_btf_is_an_environment_problem():

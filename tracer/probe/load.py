@@ -122,15 +122,16 @@ def btf_defines(btf: Btf) -> dict[str, int]:
 
 
 def skb_header_span(offsets: dict[str, int]) -> dict[str, int]:
-    """SKB_HDR_START/SPAN when skb's protocol, header offsets and head fit in 32 bytes,
-    so parse_segment() reads them at once; SPAN 0 (four reads) on other layouts."""
+    """SKB_SPAN_START/SKB_SPAN when the sk_buff fields read_skb() needs lie within 128
+    bytes, so it reads them at once; SKB_SPAN 0 (a read each) on other layouts."""
     fields = {"OFF_SKB_PROTOCOL": 2, "OFF_SKB_NETWORK_HEADER": 2,
-              "OFF_SKB_TRANSPORT_HEADER": 2, "OFF_SKB_HEAD": 8}
+              "OFF_SKB_TRANSPORT_HEADER": 2, "OFF_SKB_HEAD": 8, "OFF_SKB_REFDST": 8,
+              "OFF_SKB_DESTRUCTOR": 8}
     start = min(offsets[f] for f in fields)
     end = max(offsets[f] + size for f, size in fields.items())
-    if end - start > 32:
-        return {"SKB_HDR_START": 0, "SKB_HDR_SPAN": 0}
-    return {"SKB_HDR_START": start, "SKB_HDR_SPAN": end - start}
+    if end - start > 128:
+        return {"SKB_SPAN_START": 0, "SKB_SPAN": 0}
+    return {"SKB_SPAN_START": start, "SKB_SPAN": end - start}
 
 
 def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int,
