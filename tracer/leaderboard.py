@@ -68,6 +68,7 @@ class Leaderboard:
         self.totals: Counter[Kind] = Counter()
         self.lost = 0
         self.suppressed = 0
+        self.evicted = 0
 
     # ---------------------------------------------------------------- input
     def update(self, tally: Tally) -> None:
@@ -90,7 +91,7 @@ class Leaderboard:
         self._counts = counts
         self._ports = {peer: Counter(ports) for peer, ports in tally.ports.items()}
         self.totals = Counter({Kind.from_label(k): v for k, v in tally.totals.items()})
-        self.lost, self.suppressed = tally.lost, tally.suppressed
+        self.lost, self.suppressed, self.evicted = tally.lost, tally.suppressed, tally.evicted
         self._prev_ts = tally.ts
 
     def _filtered_total(self, kinds: Counter[Kind]) -> int:

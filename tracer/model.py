@@ -202,12 +202,15 @@ class Tally:
     lost: int = 0
     suppressed: int = 0
     totals: dict[str, int] = field(default_factory=dict)
+    # per-peer entries the kernel's LRU table dropped to make room (their counts stay in
+    # totals): rows no longer hold every peer once this is above 0
+    evicted: int = 0
     # (not in the JSON line) local ports each peer was refused on: peer -> {port: count}
     ports: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"type": "tally", "ts": round(self.ts, 6), "lost": self.lost,
-                "suppressed": self.suppressed, "totals": self.totals,
+                "suppressed": self.suppressed, "evicted": self.evicted, "totals": self.totals,
                 "rows": [r.to_json() for r in self.rows]}
 
 

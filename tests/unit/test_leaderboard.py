@@ -114,3 +114,18 @@ def test_dashboard_sink_counts_events_per_second():
     d.tally(tally(time.time() + 2, {("10.0.0.1", Kind.SYN_DROP): 10}))
     assert round(d.state.events_per_second) == 5
     assert d.state.board.peers == 1
+
+
+def test_status_line_shows_evicted_peers_only_when_there_are_some():
+    st = state()
+    assert "evicted" not in _text(st)
+    st.board.update(Tally(ts=1066.0, rows=[TallyRow(1, "10.0.0.1", Kind.SYN_DROP, 5)],
+                          evicted=12345))
+    assert st.board.evicted == 12345
+    assert "evicted 12,345" in _text(st)
+
+
+def _text(st: DashboardState) -> str:
+    console = Console(width=120, height=30, record=True, color_system=None)
+    console.print(render(st, 120, 30))
+    return console.export_text()

@@ -111,13 +111,14 @@ def test_event_json_rounds_ts_and_keeps_null_reason():
 
 def test_tally_counters_end_json():
     t = Tally(ts=5.0000004, rows=[TallyRow(1, "10.0.0.1", Kind.ACK_DROP, 7)], lost=2,
-              suppressed=3, totals={"ack_drop": 7}, ports={"10.0.0.1": {443: 7}})
+              suppressed=3, totals={"ack_drop": 7}, ports={"10.0.0.1": {443: 7}}, evicted=4)
     assert t.to_json() == {"type": "tally", "ts": 5.0, "lost": 2, "suppressed": 3,
-                           "totals": {"ack_drop": 7},
+                           "evicted": 4, "totals": {"ack_drop": 7},
                            "rows": [{"netns": 1, "peer": "10.0.0.1", "kind": "ack_drop",
                                      "count": 7}]}
     assert Tally(ts=1.0, rows=[]).to_json() == {"type": "tally", "ts": 1.0, "lost": 0,
-                                                "suppressed": 0, "totals": {}, "rows": []}
+                                                "suppressed": 0, "evicted": 0, "totals": {},
+                                                "rows": []}
     c = Counters(ts=6.0, counters=[CounterDelta(1, "ListenOverflows", 4)])
     assert c.to_json() == {"type": "counters", "ts": 6.0,
                            "counters": [{"netns": 1, "name": "ListenOverflows", "delta": 4}]}

@@ -120,7 +120,7 @@ def test_event_line_types():
 def test_tally_counters_and_end_lines():
     _, _, _, _, tally, counters, end = records()
     assert tally == {"type": "tally", "ts": 1700000004.0, "lost": 2, "suppressed": 5,
-                     "totals": {"syn_drop": 3, "paws": 1},
+                     "evicted": 0, "totals": {"syn_drop": 3, "paws": 1},
                      "rows": [{"netns": NETNS, "peer": "10.1.2.3", "kind": "syn_drop",
                                "count": 3},
                               {"netns": NETNS, "peer": "2001:db8::1", "kind": "paws",

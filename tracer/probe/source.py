@@ -158,7 +158,9 @@ class LiveSource:
         assert self.probe is not None
         sums: dict[tuple[int, str, Kind], int] = defaultdict(int)
         ports: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        for key_bytes, values in self.probe.peer_counts():
+        inserts = self._stat(STAT_INSERTS)          # before the entries: never over-counts
+        entries = self.probe.peer_counts()
+        for key_bytes, values in entries:
             key = decode.decode_peer_key(key_bytes)
             if key is None:
                 continue
@@ -175,8 +177,10 @@ class LiveSource:
             self._watch_netns(row.netns)
         totals = {Kind(k).label: decode.percpu_sum(v)
                   for k, v in self.probe.kind_totals().items() if 0 < k <= len(Kind)}
+        # Every entry ever created, minus those alive: the ones the LRU evicted.
+        evicted = max(0, inserts - len(entries))
         return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
-                     suppressed=self._stat(STAT_SUPPRESSED), totals=totals,
+                     suppressed=self._stat(STAT_SUPPRESSED), totals=totals, evicted=evicted,
                      ports={peer: dict(p) for peer, p in ports.items()})
 
     def counters(self) -> Counters:

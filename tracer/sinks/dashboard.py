@@ -67,6 +67,8 @@ def _status(state: DashboardState) -> Group:
     top.append(f"lost {b.lost:,}", style="bold red" if b.lost else "")
     if b.suppressed:
         top.append(f" · capped {b.suppressed:,}", style="yellow")
+    if b.evicted:
+        top.append(f" · evicted {b.evicted:,}", style="yellow")
     if state.paused:
         top.append("  PAUSED", style="bold reverse")
     keys = Text(no_wrap=True, overflow="ellipsis", style="dim")

@@ -83,6 +83,8 @@ class TextPrinter:
         self.out.write(f"\n{total} refusals from {len(peers)} peers (exact in-kernel counts)")
         if t.lost or t.suppressed:
             self.out.write(f"; {t.lost} events lost, {t.suppressed} held back by the rate cap")
+        if t.evicted:
+            self.out.write(f"; {t.evicted} peer entries evicted (totals still exact)")
         self.out.write("\n")
         for row in t.rows[:10]:
             self.out.write(f"  {row.count:>8}  {row.kind.label:<14} {row.peer}  "
