@@ -218,6 +218,41 @@ def replay(file: str, speed: float, as_json: bool, interval: float) -> None:
 
 
 @cli.command()
+@click.option("--netns", metavar="INODE|NAME",
+              help="Network namespace to examine (default: this process's own).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--sample", type=click.FloatRange(0, 300), default=3.0, show_default=True,
+              metavar="S", help="Seconds to watch counters and accept queues (0: none).")
+def doctor(netns: str | None, as_json: bool, sample: float) -> None:
+    """What is refusing peers now and the fix: sysctls, counters, listeners (no BPF)."""
+    import dataclasses
+    import platform
+
+    from rich.console import Console
+
+    from tracer.doctor import diagnose, report_json
+    from tracer.kernel.host_sample import take_sample
+    from tracer.kernel.netns import netns_path
+    from tracer.probe.features import parse_release
+    from tracer.probe.readiness import tracing_readiness
+    from tracer.sinks.doctor_view import show_json, show_text
+
+    inode = resolve_netns(netns) if netns else None
+    path = netns_path(inode)
+    label = netns or f"{os.stat(path).st_ino} (this process's)"
+    err = Console(stderr=True)
+    with err.status(f"sampling for {sample:g} s", spinner="dots"):
+        taken = take_sample(path, os.stat(path).st_ino, platform.release(), sample)
+    taken = dataclasses.replace(taken, tracing=tracing_readiness())
+    findings = diagnose(taken, netns)
+    report = report_json(taken, findings, parse_release(platform.release()))
+    if as_json:
+        show_json(report, sys.stdout)
+    else:
+        show_text(report, Console(), label)
+
+
+@cli.command()
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="End by itself S seconds after tracing started.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,

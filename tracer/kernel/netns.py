@@ -10,12 +10,15 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from tracer.errors import UsageError
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def names_by_inode(netns_dir: str | None = None) -> dict[int, str]:
@@ -75,13 +78,19 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
-    """Read small proc files (e.g. /proc/thread-self/net/netstat) as seen inside ns_path.
+def call_in_netns(ns_path: str, fn: Callable[[], T]) -> T:
+    """fn() run inside the namespace ns_path opens: its /proc/sys/net and /proc/thread-self/
+    net files, and sockets it creates, are that namespace's.
 
-    setns() switches only the calling thread, so a short-lived thread does the reading and
+    setns() switches only the calling thread, so a short-lived thread does the work and
     the caller's thread never changes namespace.
     """
-    result: list[str] = []
+    try:
+        if os.stat(ns_path).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+            return fn()                      # already there (and setns would need root)
+    except OSError:
+        pass
+    result: list[T] = []
     error: list[BaseException] = []
 
     def worker() -> None:
@@ -91,9 +100,7 @@ def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
             try:
                 _setns(there)
                 try:
-                    for name in files:
-                        with open(name) as f:
-                            result.append(f.read())
+                    result.append(fn())
                 finally:
                     _setns(home)
             finally:
@@ -103,9 +110,32 @@ def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
         finally:
             os.close(home)
 
-    thread = threading.Thread(target=worker, name="netns-reader")
+    thread = threading.Thread(target=worker, name="netns-worker")
     thread.start()
     thread.join()
     if error:
         raise error[0]
-    return result
+    return result[0]
+
+
+def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
+    """Read small proc files (e.g. /proc/thread-self/net/netstat) as seen inside ns_path."""
+    def read_all() -> list[str]:
+        out = []
+        for name in files:
+            with open(name) as f:
+                out.append(f.read())
+        return out
+
+    return call_in_netns(ns_path, read_all)
+
+
+def netns_path(inode: int | None) -> str:
+    """A path that opens namespace `inode` (this process's own when None)."""
+    if inode is None:
+        return "/proc/self/ns/net"
+    path = list_namespaces().get(inode)
+    if path is None:
+        raise UsageError(f"no network namespace with inode {inode} is reachable",
+                         "list them with `ip netns list` or `lsns -t net`")
+    return path
