@@ -253,6 +253,40 @@ def doctor(netns: str | None, as_json: bool, sample: float) -> None:
 
 
 @cli.command()
+@selection_options
+@run_options
+@click.option("--listen", default="127.0.0.1:9464", show_default=True, metavar="HOST:PORT",
+              help="Where to serve /metrics ([::1]:9464 for IPv6); the metrics hold client "
+                   "addresses.")
+@click.option("--top-peers", type=click.IntRange(min=1), default=50, show_default=True,
+              metavar="N", help='Per-peer series for the N peers refused most; the rest sum '
+                               'into peer="other".')
+@click.option("--subnet", is_flag=True, help="Label peers by /24 (IPv4) and /64 (IPv6) network.")
+def serve(listen: str, top_peers: int, subnet: bool, duration: float | None, interval: float,
+          max_eps: int, **filters: Any) -> None:
+    """Prometheus metrics of refusals (bounded series), on 127.0.0.1:9464 by default."""
+    from tracer.probe.load import Tuning
+    from tracer.probe.source import LiveSource
+    from tracer.sinks.exporter import Exporter, MetricsServer, parse_listen
+    from tracer.stream import StopFlags, run
+
+    host, port = parse_listen(listen)
+    selection = build_selection(**filters)
+    sink = Exporter(top_peers=top_peers, subnet=subnet, selection=selection)
+    server = MetricsServer(host, port, sink.registry, status=sys.stderr)
+    server.check()                   # an address in use fails now, not after the compile
+    flags = StopFlags()
+    flags.install()
+    source = LiveSource(selection, Tuning(max_events_per_second=max_eps))
+    try:
+        # Serve only once every probe is attached; tallies refresh every --interval.
+        run(source, sink, duration=duration, periodic=interval, flags=flags,
+            on_started=server.start)
+    finally:
+        server.close()
+
+
+@cli.command()
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
               help="End by itself S seconds after tracing started.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
