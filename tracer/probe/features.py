@@ -7,6 +7,7 @@ other kernels can be described in unit tests.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from dataclasses import dataclass, field
@@ -66,14 +67,25 @@ def detect(root: Path = tracefs.TRACEFS, kallsyms_path: str = kallsyms.KALLSYMS)
     """Read this kernel's features (tracefs must be mounted)."""
     kfree = tracefs.read_format("skb/kfree_skb", root) or ""
     consume = tracefs.read_format("skb/consume_skb", root) or ""
+    hidden = hidden_reasons()
     return KernelFeatures(
         release=platform.release(),
-        reasons=tracefs.drop_reasons(root),
+        reasons={n: r for n, r in tracefs.drop_reasons(root).items() if r not in hidden},
         kfree_fields=frozenset(tracefs.fields(kfree)),
         consume_fields=frozenset(tracefs.fields(consume)),
         tracepoints=frozenset(t for t in TRACEPOINTS if tracefs.has_event(t, root)),
         symbols=kallsyms.load_ranges(SYMBOLS, kallsyms_path),
     )
+
+
+# Drop-reason names to treat as absent (comma-separated): how tests show what the tracer
+# does on an older kernel that lacks them, on this one.
+HIDE_REASONS_ENV = "TRACER_HIDE_DROP_REASONS"
+
+
+def hidden_reasons() -> frozenset[str]:
+    return frozenset(n.strip() for n in os.environ.get(HIDE_REASONS_ENV, "").split(",")
+                     if n.strip())
 
 
 def _missing_tracepoints(f: KernelFeatures, *needed: str) -> list[str]:

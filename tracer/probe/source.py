@@ -72,6 +72,12 @@ class LiveSource:
                 from e
         feats = features.detect(root)
         self.kinds = features.availability(feats)
+        wanted = [k for k in self.kinds if self._wanted(Kind.from_label(k))]
+        if wanted and not any(self.kinds[k].available for k in wanted):
+            why = "; ".join(f"{k}: {self.kinds[k].why}" for k in wanted)
+            raise EnvironmentProblem(f"no selected kind can be traced on this kernel ({why})",
+                                     "select other kinds, or run `tracer doctor` for the "
+                                     "kernel counters of these")
         self._reasons = decode.ReasonNames(feats.reasons)
         families = frozenset(str(Kind.from_label(k).category) for k, v in self.kinds.items()
                              if v.available and self._wanted(Kind.from_label(k)))
