@@ -278,7 +278,13 @@ def lossless_rate(flood: Flood, seconds: float, tmp: str, rates: list[int]) -> d
         time.sleep(0.5)
         last = [json.loads(x) for x in open(path).read().splitlines()[-2:]]
         lost = last[-1].get("lost") if last and last[-1].get("type") == "end" else None
-        results.append({"offered": rate, "handled": round(handled), "lost": lost})
+        # Lost events or not, the in-kernel totals must equal the kernel's own count.
+        counted = last[0].get("totals", {}).get("syn_drop") if lost is not None else None
+        drops = sum(c["delta"] for c in last[-1].get("counters", [])
+                    if c["name"] == "ListenDrops") if lost is not None else None
+        results.append({"offered": rate, "handled": round(handled), "lost": lost,
+                        "syn_drop_total": counted, "listen_drops": drops,
+                        "exact": counted == drops})
         if lost != 0:
             break
     ok = [r["handled"] for r in results if r["lost"] == 0]
@@ -317,6 +323,81 @@ def memory(flood: Flood, seconds: float, tmp: str, sources: int) -> dict:
     return {"sources": sources, "rss_mib": samples}
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of `pid` (the tracer under `taskset` is its only child)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                              check=False).stdout.split()
+    status = Path(f"/proc/{children[0] if children else pid}/status").read_text()
+    return round(next(int(x.split()[1]) for x in status.splitlines()
+                      if x.startswith("VmRSS")) / 1024, 1)
+
+
+class Board:
+    """`tracer live` in a detached tmux pane, whose status line is read once a second."""
+
+    def __init__(self, netns: str) -> None:
+        self.session = f"rtsoak{os.getpid()}"
+        self.netns = netns
+
+    def __enter__(self) -> Board:
+        cmd = " ".join(["taskset", "-c", "1", *TRACER, "live", "--netns", self.netns])
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "120", "-y",
+                        "40", cmd], cwd=ROOT, check=True, timeout=10)
+        return self
+
+    def status(self) -> str:
+        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+        return next((x for x in out.splitlines() if "tcp refusal tracer" in x), "")
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], check=False, timeout=10)
+
+
+def soak(flood: Flood, seconds: float, tmp: str, sources: int) -> dict:
+    """`sources` distinct peers for `seconds` (issue 9): the recorder's memory over time,
+    the LRU's evictions, per-kind totals against ListenDrops, lost and held-back events,
+    the spacing of tally lines, and whether the live board's status line moves every
+    second."""
+    import threading
+
+    path = f"{tmp}/soak.ndjson"
+    rss, statuses = [], []
+    with Tracer(record_argv(path, "--netns", flood.lab.srv), ready=path) as t, \
+            Board(flood.lab.srv) as board:
+        assert t.proc is not None
+        time.sleep(3)                                      # the board's compile
+        flooding = threading.Thread(target=flood.blast, args=(seconds,),
+                                    kwargs={"sources": sources})
+        flooding.start()
+        started = time.monotonic()
+        while flooding.is_alive() and time.monotonic() - started < seconds + 30:
+            rss.append(rss_mib(t.proc.pid))
+            statuses.append(board.status())
+            time.sleep(1.0)
+        flooding.join(timeout=60)
+        time.sleep(1.5)                                    # a tally after the flood
+    lines = [json.loads(x) for x in Path(path).read_text().splitlines()]
+    tallies = [x for x in lines if x["type"] == "tally"]
+    end = lines[-1]
+    drops = sum(c["delta"] for c in end["counters"] if c["name"] == "ListenDrops")
+    gaps = [b["ts"] - a["ts"] for a, b in zip(tallies, tallies[1:], strict=False)]
+    # The board's status line carries its uptime clock: a repeat a second later is a stall.
+    stalls = sum(1 for a, b in zip(statuses, statuses[1:], strict=False) if a and a == b)
+    return {"sources": sources, "seconds": seconds,
+            "rss_mib": {"first": rss[0] if rss else None, "max": max(rss, default=None),
+                        "last": rss[-1] if rss else None, "samples": rss},
+            "evicted": tallies[-1].get("evicted", 0),
+            "rows_in_last_tally": len(tallies[-1]["rows"]),
+            "syn_drop_total": tallies[-1]["totals"].get("syn_drop", 0),
+            "listen_drops": drops, "exact": tallies[-1]["totals"].get("syn_drop", 0) == drops,
+            "lost": end["lost"], "suppressed": end["suppressed"],
+            "tally_gap_s": {"max": round(max(gaps, default=0), 2),
+                            "median": round(statistics.median(gaps), 2) if gaps else None},
+            "board_samples": len(statuses), "board_stalls": stalls,
+            "board_last_status": statuses[-1] if statuses else ""}
+
+
 def report_speed(tmp: str, events: int) -> dict:
     """`tracer report` on a synthetic recording of `events` events."""
     path = f"{tmp}/big.ndjson"
@@ -344,31 +425,72 @@ def median_range(xs: list[float]) -> str:
     return f"{statistics.median(xs):.3f} [{min(xs):.3f}-{max(xs):.3f}]"
 
 
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':<{width}}  {'result':<34}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:<34}  {target}")
+
+
+def soak_rows(s: dict) -> list[tuple[str, str, str]]:
+    rss = s["rss_mib"]
+    return [
+        (f"soak: {s['sources']:,} sources for {s['seconds']:g} s", "ran to the end", ""),
+        ("soak: recorder RSS first / max / last",
+         f"{rss['first']} / {rss['max']} / {rss['last']} MiB", "bounded, flat"),
+        ("soak: peer entries evicted (tally)", f"{s['evicted']:,}", "counted"),
+        ("soak: syn_drop total vs ListenDrops",
+         f"{s['syn_drop_total']:,} vs {s['listen_drops']:,}", "equal"),
+        ("soak: events lost / held back by the cap", f"{s['lost']:,} / {s['suppressed']:,}",
+         "counted"),
+        ("soak: gap between tally lines, max", f"{s['tally_gap_s']['max']} s", ""),
+        ("soak: board status stalls (1 s samples)",
+         f"{s['board_stalls']} of {s['board_samples']}", "0"),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 2 min)")
-    ap.add_argument("--sources", type=int, default=4096, help="distinct spoofed sources")
-    ap.add_argument("--output", default=str(ROOT / "docs" / "bench-result.json"))
+    ap.add_argument("--soak", action="store_true",
+                    help="only the reliability soak: 1,000,000 sources for 60 s")
+    ap.add_argument("--soak-seconds", type=float, default=60.0, help="length of the soak")
+    ap.add_argument("--sources", type=int, help="distinct spoofed sources "
+                    "(default 4096; 1,000,000 with --soak)")
+    ap.add_argument("--output", help="result file (default docs/bench-result.json, "
+                    "docs/soak-result.json with --soak)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root", file=sys.stderr)
         return 1
-    if not 1 <= args.sources <= 1 << 20:
+    sources = args.sources or (1_000_000 if args.soak else 4096)
+    if not 1 <= sources <= 1 << 20:
         print("bench: --sources must be 1..1048576", file=sys.stderr)
         return 2
-    reps, secs = (2, 1.5) if args.quick else (7, 4.0)
+    output = args.output or str(ROOT / "docs" / ("soak-result.json" if args.soak
+                                                  else "bench-result.json"))
     result: dict = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
                                 "host": socket.gethostname()},
-                    "quick": args.quick, "sources": args.sources}
-    with tempfile.TemporaryDirectory() as tmp, Flood(args.sources) as flood:
+                    "quick": args.quick, "sources": sources}
+    if args.soak:
+        with tempfile.TemporaryDirectory() as tmp, Flood(sources) as flood:
+            result["soak"] = soak(flood, args.soak_seconds, tmp, sources)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        print_table(soak_rows(result["soak"]))
+        print(f"\nwritten to {output}")
+        return 0
+    reps, secs = (2, 1.5) if args.quick else (7, 4.0)
+    with tempfile.TemporaryDirectory() as tmp, Flood(sources) as flood:
         result["startup"] = startup(1 if args.quick else 3)
         result["overhead"] = overhead(flood, reps, secs, tmp)
         result["program_cost_ns"] = per_program_cost(flood, secs, tmp)
-        steps = [250_000] if args.quick else [100_000, 200_000, 250_000, 300_000, 350_000]
+        # trafgen delivers ~1 % under the rate it is given: steps fine enough near the target
+        steps = [255_000] if args.quick else [100_000, 200_000, 255_000, 270_000, 285_000,
+                                               300_000, 350_000]
         result["lossless"] = lossless_rate(flood, secs, tmp, steps)
         result["memory"] = memory(flood, secs, tmp, 1 << 20)
         result["report"] = report_speed(tmp, 200_000 if args.quick else 1_000_000)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    Path(output).write_text(json.dumps(result, indent=2) + "\n")
     o = result["overhead"]
     rows = [
         ("overhead ratio (tracer/none)", median_range(o["tracer_ratio"]), ">= 0.85"),
@@ -390,13 +512,13 @@ def main() -> int:
         for name, ns in sorted(cost[phase].items()):
             above = cost[phase + "_above_floor"].get(name)
             shown = f"{ns}" + (f" ({above:+} vs empty program)" if above is not None else "")
-            target = "<= 30 above empty" if phase == "ordinary" and above is not None else ""
+            # Only programs that ran per packet here: a handful of runs is not a cost.
+            per_packet = cost[phase + "_runs"].get(name, 0) >= 10_000
+            target = "<= 30 above empty" if phase == "ordinary" and per_packet and \
+                above is not None else ""
             rows.append((f"{phase}: {name} ns/run", shown, target))
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measurement':<{width}}  {'result':<32}  target")
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:<32}  {target}")
-    print(f"\nwritten to {args.output}")
+    print_table(rows)
+    print(f"\nwritten to {output}")
     return 0
 
 
