@@ -7,6 +7,7 @@ printer, the JSON lines and later the dashboard and exporters all read these des
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -206,7 +207,7 @@ class Tally:
     # totals): rows no longer hold every peer once this is above 0
     evicted: int = 0
     # (not in the JSON line) local ports each peer was refused on: peer -> {port: count}
-    ports: dict[str, dict[int, int]] = field(default_factory=dict)
+    ports: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"type": "tally", "ts": round(self.ts, 6), "lost": self.lost,

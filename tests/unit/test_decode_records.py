@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from tracer.model import Kind
 from tracer.probe import decode
+from tracer.probe.peer_table import PEER_KEY
 
 NETNS = 4026531840
 
@@ -27,7 +27,9 @@ def pack_event(*, ts=2_000_000_000, netns=NETNS, reason=0xFFFFFFFF, kind=1, fami
 
 def test_struct_sizes_and_offsets_follow_the_c_layout():
     assert decode.EVENT.size == 56
-    assert decode.PEER_KEY.size == 24
+    assert PEER_KEY.itemsize == 24
+    assert [PEER_KEY.fields[f][1] for f in ("netns", "port", "kind", "family", "peer")] == \
+        [0, 4, 6, 7, 8]
     raw = pack_event()
     assert len(raw) == 56
 
@@ -101,21 +103,6 @@ def test_to_event_refuses_an_unknown_kind_id():
     raw = decode.decode_record(pack_event(kind=14))
     with pytest.raises(ValueError):
         decode.to_event(raw, decode.ReasonNames({}), 0.0)
-
-
-def pack_key(netns=7, local_port=8080, kind=3, family=4, peer="10.0.0.9") -> bytes:
-    return (struct.pack("<IHBB", netns, local_port, kind, family)
-            + ipaddress.ip_address(peer).packed.ljust(16, b"\0"))
-
-
-def test_peer_keys():
-    assert decode.decode_peer_key(pack_key()) == decode.PeerKey(7, 8080, Kind.SYN_COOKIE, 4,
-                                                                "10.0.0.9")
-    assert decode.decode_peer_key(pack_key(kind=10, family=6, peer="2001:db8::2")) == \
-        decode.PeerKey(7, 8080, Kind.PAWS_ACTIVE, 6, "2001:db8::2")
-    assert decode.decode_peer_key(pack_key(family=6, peer="::ffff:10.0.0.9")).family == 4
-    for unknown in (0, 11, 15, 255):
-        assert decode.decode_peer_key(pack_key(kind=unknown)) is None
 
 
 @pytest.mark.parametrize("values, total", [

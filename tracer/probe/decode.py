@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from tracer.model import Event, Kind
 
 EVENT = struct.Struct("<QIIBBHHH16s16s")      # struct refusal_event
-PEER_KEY = struct.Struct("<IHBB16s")          # struct peer_key
 
 RECORD_RETRACT = 15
 EVF_PENDING = 1
@@ -115,28 +114,6 @@ def to_event(raw: RawRecord, reasons: ReasonNames, wall_offset: float) -> Event:
     return Event(ts=raw.ktime_ns / 1e9 + wall_offset, kind=Kind(raw.kind), peer=raw.peer,
                  peer_port=raw.peer_port, local=raw.local, local_port=raw.local_port,
                  family=raw.family, netns=raw.netns, reason=reasons.name(raw.reason))
-
-
-@dataclass(frozen=True)
-class PeerKey:
-    """Key of one in-kernel count."""
-
-    netns: int
-    local_port: int
-    kind: Kind
-    family: int
-    peer: str
-
-
-def decode_peer_key(data: bytes) -> PeerKey | None:
-    """The key, or None for a kind id this version does not know."""
-    netns, lport, kind, family, peer = PEER_KEY.unpack_from(data)
-    try:
-        k = Kind(kind)
-    except ValueError:
-        return None
-    fam, text = address(family, peer)
-    return PeerKey(netns, lport, k, fam, text)
 
 
 def percpu_sum(values: list[int]) -> int:

@@ -214,10 +214,15 @@ def _release_compiler_memory() -> None:
 
 
 def _lookup_batch(table) -> tuple[ctypes.Array, ctypes.Array, int]:
-    """Every entry of a bcc hash table by BPF_MAP_LOOKUP_BATCH: (keys, values, count)."""
+    """Every entry of a bcc hash table by BPF_MAP_LOOKUP_BATCH: (keys, values, count).
+
+    An LRU map being refilled under a flood can show a walk more entries than max_entries
+    (evicted from a bucket already read, inserted into one not yet read), hence the
+    headroom; a bucket that no longer fits (ENOSPC) ends the walk with what was read.
+    """
     from bcc.libbcc import lib
 
-    capacity = table.max_entries
+    capacity = table.max_entries + table.max_entries // 4 + 64
     key_size, leaf_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
     keys = ctypes.create_string_buffer(capacity * key_size)
     values = ctypes.create_string_buffer(capacity * leaf_size)
@@ -233,7 +238,7 @@ def _lookup_batch(table) -> tuple[ctypes.Array, ctypes.Array, int]:
         err = ctypes.get_errno()
         total += count.value
         if res != 0:
-            if err == errno.ENOENT:                # walked the whole map
+            if err == errno.ENOENT or (err == errno.ENOSPC and total):   # done
                 break
             raise OSError(err, os.strerror(err))
         if count.value == 0:
@@ -275,24 +280,26 @@ class LoadedProbe:
         self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()
 
-    def peer_counts(self) -> list[tuple[bytes, list[int]]]:
-        """Raw (key bytes, per-CPU values) of every live peer_counts entry.
+    def peer_counts(self) -> tuple[bytes, bytes, int]:
+        """Every live peer_counts entry: (keys, per-CPU u64 values, number of CPUs), each
+        a flat byte string in map order.
 
-        One BPF_MAP_LOOKUP_BATCH into flat buffers, decoded with struct: the map may hold
-        100,000+ peers and is read every second, so no per-entry syscall or ctypes object.
-        Kernels without batch lookups (< 5.6) fall back to iterating.
+        One BPF_MAP_LOOKUP_BATCH into flat buffers: the map may hold 100,000+ peers and is
+        read every second, so no per-entry syscall or ctypes object. Kernels without batch
+        lookups (< 5.6) fall back to iterating.
         """
         table = self.bpf["peer_counts"]
-        try:
-            keys, values, count = _lookup_batch(table)
-        except OSError:
-            return [(bytes(k), list(v)) for k, v in table.items()]
         key_size, leaf_size = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
         ncpu = leaf_size // 8
-        key_bytes = keys.raw[:count * key_size]
-        per_cpu = struct.iter_unpack(f"<{ncpu}Q", values.raw[:count * leaf_size])
-        return [(key_bytes[i * key_size:(i + 1) * key_size], list(v))
-                for i, v in zip(range(count), per_cpu, strict=False)]
+        try:
+            keys, values, count = _lookup_batch(table)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            items = list(table.items())          # no batch lookups on this kernel
+            return (b"".join(bytes(k) for k, _ in items),
+                    b"".join(struct.pack(f"<{ncpu}Q", *v) for _, v in items), ncpu)
+        return keys.raw[:count * key_size], values.raw[:count * leaf_size], ncpu
 
     def kind_totals(self) -> dict[int, list[int]]:
         table = self.bpf["kind_totals"]

@@ -10,7 +10,6 @@ import os
 import platform
 import socket
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from tracer import __version__
@@ -18,11 +17,12 @@ from tracer.errors import EnvironmentProblem
 from tracer.filters import Selection
 from tracer.kernel.counters import CounterTracker
 from tracer.kernel.sysctls import read_sysctls
-from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally, TallyRow
+from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally
 from tracer.probe import decode, features, tracefs
 from tracer.probe.btf import Btf, BtfError
 from tracer.probe.grace import GraceWindow
 from tracer.probe.load import LoadedProbe, Tuning, build_defines, kernel_hz
+from tracer.probe.peer_table import PEER_KEY, summarize
 
 STAT_LOST, STAT_SUPPRESSED, STAT_INSERTS = 0, 1, 2
 
@@ -162,32 +162,19 @@ class LiveSource:
     def tally(self) -> Tally:
         """Exact in-kernel counts since start, filtered, summed over local ports."""
         assert self.probe is not None
-        sums: dict[tuple[int, str, Kind], int] = defaultdict(int)
-        ports: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         inserts = self._stat(STAT_INSERTS)          # before the entries: never over-counts
-        entries = self.probe.peer_counts()
-        for key_bytes, values in entries:
-            key = decode.decode_peer_key(key_bytes)
-            if key is None:
-                continue
-            if not self.selection.matches(kind=key.kind, peer=key.peer, family=key.family,
-                                          netns=key.netns, local_port=key.local_port):
-                continue
-            count = decode.percpu_sum(values)
-            if count:
-                sums[(key.netns, key.peer, key.kind)] += count
-                ports[key.peer][key.local_port] += count
-        rows = [TallyRow(netns, peer, kind, n) for (netns, peer, kind), n in sums.items()]
-        rows.sort(key=lambda r: (-r.count, r.netns, r.peer, r.kind.value))
-        for row in rows:
-            self._watch_netns(row.netns)
+        keys, values, ncpu = self.probe.peer_counts()
+        entries = len(keys) // PEER_KEY.itemsize
+        rows, ports = summarize(keys, values, ncpu, self.selection)
+        for netns in {row.netns for row in rows}:
+            self._watch_netns(netns)
         totals = {Kind(k).label: decode.percpu_sum(v)
                   for k, v in self.probe.kind_totals().items() if 0 < k <= len(Kind)}
         # Every entry ever created, minus those alive: the ones the LRU evicted.
-        evicted = max(0, inserts - len(entries))
+        evicted = max(0, inserts - entries)
         return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
                      suppressed=self._stat(STAT_SUPPRESSED), totals=totals, evicted=evicted,
-                     ports={peer: dict(p) for peer, p in ports.items()})
+                     ports=ports)
 
     def counters(self) -> Counters:
         self.counter_tracker.refresh()
