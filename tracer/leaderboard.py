@@ -6,8 +6,10 @@ when events are lost or capped. Rates are the growth between the last two tallie
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tracer.model import Category, Kind, Tally
@@ -33,6 +35,7 @@ class PeerRow:
     first_seen: float = 0.0
     last_seen: float = 0.0
     members: int = 1
+    member_peers: list[str] = field(default_factory=list, repr=False)
 
     @property
     def total(self) -> int:
@@ -60,7 +63,7 @@ class Leaderboard:
         self.kind_filter: Kind | None = None
         self.grouped = False
         self._counts: dict[str, Counter[Kind]] = {}
-        self._ports: dict[str, Counter[int]] = {}
+        self._ports: Mapping[str, Mapping[int, int]] = {}
         self._seen: dict[str, _Seen] = {}
         self._prev: dict[str, int] = {}
         self._rates: dict[str, float] = {}
@@ -69,6 +72,8 @@ class Leaderboard:
         self.lost = 0
         self.suppressed = 0
         self.evicted = 0
+        self._version = 0                          # bumped by every change rows() depends on
+        self._cache: tuple[tuple, list[PeerRow]] | None = None
 
     # ---------------------------------------------------------------- input
     def update(self, tally: Tally) -> None:
@@ -88,8 +93,16 @@ class Leaderboard:
             before = self._prev.get(peer, 0)
             self._rates[peer] = (filtered - before) / dt if dt > 0 else 0.0
             self._prev[peer] = filtered
+        if len(self._seen) > len(counts):
+            # Peers the kernel's table evicted are gone from the tally: forget them too, so
+            # a flood of distinct sources cannot grow this board without bound.
+            for gone in [p for p in self._seen if p not in counts]:
+                del self._seen[gone]
+                self._prev.pop(gone, None)
+                self._rates.pop(gone, None)
         self._counts = counts
-        self._ports = {peer: Counter(ports) for peer, ports in tally.ports.items()}
+        self._version += 1
+        self._ports = tally.ports                  # read only for the rows shown
         self.totals = Counter({Kind.from_label(k): v for k, v in tally.totals.items()})
         self.lost, self.suppressed, self.evicted = tally.lost, tally.suppressed, tally.evicted
         self._prev_ts = tally.ts
@@ -102,21 +115,66 @@ class Leaderboard:
     # ---------------------------------------------------------------- controls
     def cycle_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self._version += 1
 
     def cycle_kind(self) -> None:
         order: list[Kind | None] = [None, *Kind]
         self.kind_filter = order[(order.index(self.kind_filter) + 1) % len(order)]
         self._prev = {p: self._filtered_total(k) for p, k in self._counts.items()}
         self._rates = {}
+        self._version += 1
 
     def toggle_grouping(self) -> None:
         self.grouped = not self.grouped
+        self._version += 1
 
     # ---------------------------------------------------------------- output
     def rows(self, limit: int | None = None) -> list[PeerRow]:
-        """Ranked rows (the kind filter applied), at most `limit`."""
+        """Ranked rows (the kind filter applied), at most `limit`.
+
+        Remembered until the next tally or key press: the board redraws every second, and
+        ranking 100,000+ peers each time would stall it. Only the rows returned are built.
+        """
+        state = (self._version, limit)
+        if self._cache is not None and self._cache[0] == state:
+            return self._cache[1]
+        if self.grouped:
+            ranked = sorted(self._merged().values(), key=self._row_key)
+            shown = ranked if limit is None else ranked[:max(0, limit)]
+        else:
+            peers = [p for p, k in self._counts.items() if self._filtered_total(k)]
+            key = self._peer_key
+            top = sorted(peers, key=key) if limit is None else \
+                heapq.nsmallest(max(0, limit), peers, key=key)
+            shown = [self._merged([p])[p] for p in top]
+        for row in shown:                          # ports only for the rows returned
+            for peer in row.member_peers:
+                row.ports.update(self._ports.get(peer, {}))
+        self._cache = (state, shown)
+        return shown
+
+    def _peer_key(self, peer: str) -> tuple:
+        """The sort key of one ungrouped peer: the same order as _row_key on its row."""
+        total = self._filtered_total(self._counts[peer])
+        rate = self._rates.get(peer, 0.0)
+        if self.sort == "rate":
+            return (-rate, -total, peer)
+        if self.sort == "total":
+            return (-total, -rate, peer)
+        return (-self._seen[peer].last, -total, peer)
+
+    def _row_key(self, r: PeerRow) -> tuple:
+        if self.sort == "rate":
+            return (-r.rate, -r.total, r.peer)
+        if self.sort == "total":
+            return (-r.total, -r.rate, r.peer)
+        return (-r.last_seen, -r.total, r.peer)
+
+    def _merged(self, peers: list[str] | None = None) -> dict[str, PeerRow]:
+        """Rows by label (a peer, or its subnet when grouped) for `peers` (default: all)."""
         merged: dict[str, PeerRow] = {}
-        for peer, kinds in self._counts.items():
+        for peer in self._counts if peers is None else peers:
+            kinds = self._counts[peer]
             if self.kind_filter is not None:
                 kinds = Counter({self.kind_filter: kinds.get(self.kind_filter, 0)})
             if not sum(kinds.values()):
@@ -128,18 +186,12 @@ class Leaderboard:
                 row = merged[label] = PeerRow(label, first_seen=seen.first,
                                               last_seen=seen.last, members=0)
             row.kinds.update(kinds)
-            row.ports.update(self._ports.get(peer, {}))
+            row.member_peers.append(peer)
             row.rate += self._rates.get(peer, 0.0)
             row.first_seen = min(row.first_seen, seen.first)
             row.last_seen = max(row.last_seen, seen.last)
             row.members += 1
-        key = {
-            "rate": lambda r: (-r.rate, -r.total, r.peer),
-            "total": lambda r: (-r.total, -r.rate, r.peer),
-            "last": lambda r: (-r.last_seen, -r.total, r.peer),
-        }[self.sort]
-        ranked = sorted(merged.values(), key=key)
-        return ranked if limit is None else ranked[:max(0, limit)]
+        return merged
 
     @property
     def peers(self) -> int:

@@ -54,6 +54,8 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
 
     periodic: write tally and counters lines every so many seconds (recordings, the board).
     on_started: called once the session line is out, i.e. once every probe is attached.
+    A sink with `flush()` gets it after every batch of events, one with `tick()` after
+    every poll (at least every 100 ms), whether or not a tally is due.
     stop_when_finished: end when a finite source (a replay) has nothing more to give.
     """
     flags = flags or StopFlags()
@@ -65,11 +67,14 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
         started = time.monotonic()
         next_periodic = started + periodic if periodic else None
         flush = getattr(sink, "flush", None)
+        tick = getattr(sink, "tick", None)
         while not flags.stop.is_set():
             for event in source.poll(poll_interval):
                 sink.event(event)
             if flush is not None:
                 flush()
+            if tick is not None:
+                tick()
             now = time.monotonic()
             if flags.tally_now.is_set() or (next_periodic and now >= next_periodic):
                 flags.tally_now.clear()

@@ -221,26 +221,41 @@ class Dashboard:
                 self.state.paused = not self.state.paused
         self.redraw()
 
+    def _screen(self) -> RenderableType:
+        """What Live draws, built when it draws: its own thread does so twice a second, so
+        the board stays live while the stream thread reads a 100,000-peer tally."""
+        with self._lock:
+            if self.state.source != "replay" and not self.state.paused:
+                self.state.now = time.time()      # a replay keeps the recording's clock
+            return render(self.state, self.console.width, self.console.height)
+
     def redraw(self) -> None:
         if self._live is not None:
-            with self._lock:
-                self._live.update(render(self.state, self.console.width, self.console.height),
-                                  refresh=True)
+            self._live.refresh()
 
     def session(self, s: Session) -> None:
         self.state.host, self.state.kernel = s.host, s.kernel
         self.state.started = self.state.now = s.started
         self.state.kinds = s.kinds
-        self._live = Live(render(self.state, self.console.width, self.console.height),
-                          console=self.console, screen=True, auto_refresh=False,
+        self._live = Live(get_renderable=self._screen, console=self.console, screen=True,
+                          auto_refresh=True, refresh_per_second=2,
                           redirect_stdout=False, redirect_stderr=False)
         self._live.start()
         self._keys.start()
 
+    def tick(self) -> None:
+        """Between tallies (spaced out when 100,000+ peers make them slow), keep the event
+        rate current: it is the average since the last tally."""
+        if self._last_tally is not None and self.state.source != "replay":
+            elapsed = time.time() - self._last_tally
+            if elapsed >= 1.0:
+                self.state.events_per_second = self._events_since / elapsed
+
     def event(self, e: Event) -> None:
         self._events_since += 1
         if not self.state.paused:
-            self.state.recent.append(e)
+            with self._lock:                       # the drawing thread reads the feed
+                self.state.recent.append(e)
 
     def tally(self, t: Tally) -> None:
         now = t.ts
@@ -260,7 +275,9 @@ class Dashboard:
     def counters(self, c: Counters) -> None:
         if self.state.paused:
             return
-        self.state.attributions = attribute(c.counters, self._kind_counts)
+        attributions = attribute(c.counters, self._kind_counts)
+        with self._lock:
+            self.state.attributions = attributions
         self.redraw()
 
     def end(self, e: End) -> None:
