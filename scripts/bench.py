@@ -345,6 +345,11 @@ class Board:
                         "40", cmd], cwd=ROOT, check=True, timeout=10)
         return self
 
+    def pid(self) -> int:
+        out = subprocess.run(["tmux", "list-panes", "-t", self.session, "-F", "#{pane_pid}"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+        return int(out.split()[0])
+
     def status(self) -> str:
         out = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session],
                              capture_output=True, text=True, timeout=10, check=False).stdout
@@ -362,7 +367,7 @@ def soak(flood: Flood, seconds: float, tmp: str, sources: int) -> dict:
     import threading
 
     path = f"{tmp}/soak.ndjson"
-    rss, statuses = [], []
+    rss, board_rss, statuses = [], [], []
     with Tracer(record_argv(path, "--netns", flood.lab.srv), ready=path) as t, \
             Board(flood.lab.srv) as board:
         assert t.proc is not None
@@ -373,6 +378,7 @@ def soak(flood: Flood, seconds: float, tmp: str, sources: int) -> dict:
         started = time.monotonic()
         while flooding.is_alive() and time.monotonic() - started < seconds + 30:
             rss.append(rss_mib(t.proc.pid))
+            board_rss.append(rss_mib(board.pid()))
             statuses.append(board.status())
             time.sleep(1.0)
         flooding.join(timeout=60)
@@ -387,6 +393,10 @@ def soak(flood: Flood, seconds: float, tmp: str, sources: int) -> dict:
     return {"sources": sources, "seconds": seconds,
             "rss_mib": {"first": rss[0] if rss else None, "max": max(rss, default=None),
                         "last": rss[-1] if rss else None, "samples": rss},
+            "board_rss_mib": {"first": board_rss[0] if board_rss else None,
+                              "max": max(board_rss, default=None),
+                              "last": board_rss[-1] if board_rss else None,
+                              "samples": board_rss},
             "evicted": tallies[-1].get("evicted", 0),
             "rows_in_last_tally": len(tallies[-1]["rows"]),
             "syn_drop_total": tallies[-1]["totals"].get("syn_drop", 0),
@@ -438,6 +448,9 @@ def soak_rows(s: dict) -> list[tuple[str, str, str]]:
         (f"soak: {s['sources']:,} sources for {s['seconds']:g} s", "ran to the end", ""),
         ("soak: recorder RSS first / max / last",
          f"{rss['first']} / {rss['max']} / {rss['last']} MiB", "bounded, flat"),
+        ("soak: live board RSS first / max / last",
+         f"{s['board_rss_mib']['first']} / {s['board_rss_mib']['max']} / "
+         f"{s['board_rss_mib']['last']} MiB", "bounded, flat"),
         ("soak: peer entries evicted (tally)", f"{s['evicted']:,}", "counted"),
         ("soak: syn_drop total vs ListenDrops",
          f"{s['syn_drop_total']:,} vs {s['listen_drops']:,}", "equal"),
