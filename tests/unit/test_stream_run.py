@@ -240,3 +240,14 @@ def test_stop_flags_install_routes_signals(monkeypatch):
     assert flags.tally_now.is_set() and not flags.stop.is_set()
     installed[sigs.SIGTERM](sigs.SIGTERM, None)
     assert flags.stop.is_set()
+
+
+def test_a_sink_with_tick_gets_one_after_every_poll(clock):
+    class TickingSink(RecordingSink):
+        def tick(self):
+            self.seen.append("tick")
+
+    src = FakeSource([[ev(1)], []], clock=clock, step=1.0)
+    sink = TickingSink()
+    run(src, sink, duration=2.0)
+    assert sink.seen == ["session", "event 10.0.0.1", "tick", "tick", "tally@2", "end"]
