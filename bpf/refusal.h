@@ -271,10 +271,14 @@ static __always_inline void bump_stat(u32 slot)
         *v += 1;
 }
 
-/* Event-rate cap (--max-events-per-second); RATE_INTERVAL_NS 0 means no cap. */
-static __always_inline int rate_allows(u64 now)
+/* Event-rate cap (--max-events-per-second); RATE_INTERVAL_NS 0 means no cap. Its clock
+ * is jiffies, not bpf_ktime_get_ns(): reading the clock source costs tens of ns on a VM
+ * and this runs for every refusal of a flood; only events that pass read it. Within a
+ * tick the cap lets a burst through, the long-run rate is the same. */
+static __always_inline int rate_allows(void)
 {
 #if RATE_INTERVAL_NS > 0
+    u64 now = bpf_jiffies64() * NS_PER_JIFFY;
     u32 z = 0;
     struct rate_state *r = rate.lookup(&z);
     if (!r)
@@ -339,9 +343,9 @@ static __always_inline void count_refusal(u8 kind, u32 netns, struct segment *s,
 
 /* May an event go out now? Counts the ones the rate cap holds back. Callers compute
  * anything only the event needs (a reason) after this says yes. */
-static __always_inline int event_allowed(u64 now)
+static __always_inline int event_allowed(void)
 {
-    if (rate_allows(now))
+    if (rate_allows())
         return 1;
     bump_stat(STAT_SUPPRESSED);
     return 0;
@@ -352,9 +356,8 @@ static __always_inline void report(u8 kind, u32 netns, struct segment *s, int pe
                                    u32 reason, u16 flags)
 {
     count_refusal(kind, netns, s, peer_is_src);
-    u64 now = bpf_ktime_get_ns();
-    if (event_allowed(now))
-        emit(kind, netns, s, peer_is_src, reason, flags, now);
+    if (event_allowed())
+        emit(kind, netns, s, peer_is_src, reason, flags, bpf_ktime_get_ns());
 }
 
 #endif /* REFUSAL_H */

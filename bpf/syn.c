@@ -325,9 +325,9 @@ static __always_inline int syn_on_consume(void *skb)
     /* The queue that was full is only worth its lookups when an event goes out: under a
      * flood most refusals are counted but capped. */
     count_refusal(KIND_SYN_DROP, netns, &s, 1);
-    u64 now = bpf_ktime_get_ns();
-    if (event_allowed(now))
-        emit(KIND_SYN_DROP, netns, &s, 1, syn_drop_reason(netns, &s), flags, now);
+    if (event_allowed())
+        emit(KIND_SYN_DROP, netns, &s, 1, syn_drop_reason(netns, &s), flags,
+             bpf_ktime_get_ns());
     return 0;
 }
 

@@ -91,10 +91,12 @@ def test_build_defines_values():
         define = f"SYM_{name.strip('_').upper()}"          # __sock_wfree: SYM_SOCK_WFREE
         assert (d[f"{define}_START"], d[f"{define}_END"]) == (start, end)
     assert {k: d[k] for k in (
-        "SYNQ_FULL_AT_MAX", "SYNCOOKIE_VALID_JIFFIES", "MAX_SYNACK_LEN", "GRACE_NS",
+        "SYNQ_FULL_AT_MAX", "SYNCOOKIE_VALID_JIFFIES", "NS_PER_JIFFY", "MAX_SYNACK_LEN",
+        "GRACE_NS",
         "MAX_PEERS", "RINGBUF_PAGES", "RATE_INTERVAL_NS",
         "RATE_BURST_NS", "FAMILY_TIMEWAIT", "FAMILY_SYN", "FAMILY_PAWS", "HAVE_RX_SK")} == {
-        "SYNQ_FULL_AT_MAX": 0, "SYNCOOKIE_VALID_JIFFIES": 30000, "MAX_SYNACK_LEN": 160,
+        "SYNQ_FULL_AT_MAX": 0, "SYNCOOKIE_VALID_JIFFIES": 30000, "NS_PER_JIFFY": 4_000_000,
+        "MAX_SYNACK_LEN": 160,
         "GRACE_NS": 200_000_000, "MAX_PEERS": 131072, "RINGBUF_PAGES": 2048,
         "RATE_INTERVAL_NS": 200_000,   # 5000/s per CPU
         "RATE_BURST_NS": 100_000_000, "FAMILY_TIMEWAIT": 0, "FAMILY_SYN": 1,

@@ -63,7 +63,8 @@ def test_v4_mapped_peers_are_the_ipv4_peer():
 
 def test_every_filter():
     data = [entry("10.0.0.1", 1, port=80), entry("10.0.1.1", 2, port=81),
-            entry("2001:db8::1", 4, port=80), entry("10.0.0.2", 8, kind=Kind.PAWS, netns=9, port=82)]
+            entry("2001:db8::1", 4, port=80),
+            entry("10.0.0.2", 8, kind=Kind.PAWS, netns=9, port=82)]
 
     def peers(**sel) -> list[str]:
         rows, _ = table(*data, selection=Selection.build(**sel))

@@ -152,6 +152,7 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
     v = features.version
     d["SYNQ_FULL_AT_MAX"] = int(v[:2] == (5, 4) or v == (6, 8, 0))
     d["SYNCOOKIE_VALID_JIFFIES"] = 120 * hz
+    d["NS_PER_JIFFY"] = 1_000_000_000 // hz
     d["MAX_SYNACK_LEN"] = 160
     d["GRACE_NS"] = tuning.grace_ns
     d["MAX_PEERS"] = tuning.max_peers
