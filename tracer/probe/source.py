@@ -83,9 +83,11 @@ class LiveSource:
                              if v.available and self._wanted(Kind.from_label(k)))
         defines = build_defines(feats, btf, self.tuning, os.cpu_count() or 1, kernel_hz(),
                                 families)
-        self.counter_tracker.start()
         self.probe = LoadedProbe(defines)
         self.probe.open_events(self._on_record)
+        # Baselines now that the programs count: the compile takes a second or two, and
+        # refusals during it must not show up as counted by the kernel but missed by us.
+        self.counter_tracker.start()
         self._wall_offset = time.time() - time.monotonic()
         return Session(host=socket.gethostname(), kernel=platform.release(),
                        started=time.time(), tracer=__version__, kinds=self.kinds,
