@@ -86,12 +86,16 @@ class Flood:
         return Lab.counters(self.lab.srv).get("ListenDrops", 0)
 
     def blast(self, seconds: float, rate: str | None = None, sources: int | None = None) -> float:
-        """Flood for `seconds`; refusals per second the kernel handled (ListenDrops)."""
+        """Flood for `seconds`; refusals per second the kernel handled (ListenDrops).
+
+        trafgen sends from a TX ring bypassing the qdisc, as a flood arriving from outside
+        would: its SYNs do not pass this host's net_dev_queue (TESTING.md section 6).
+        """
         before, t0 = self.drops(), time.monotonic()
         cmd = ["ip", "netns", "exec", self.lab.cli, "taskset", "-c", "0", "timeout",
                "--signal=INT", str(seconds), "trafgen", "-o", "c0", "-i",
                self.config(sources or self.sources),
-               "-P", "1", "-q"]
+               "-P", "1"]                  # (not -q: that is --qdisc-path, see below)
         if rate:
             cmd += ["-b", rate]
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -109,6 +113,8 @@ class Tracer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Tracer:
+        if self.ready and os.path.exists(self.ready):
+            os.unlink(self.ready)                          # else the last run's file says ready
         self.proc = subprocess.Popen(["taskset", "-c", "1", *self.argv], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)
