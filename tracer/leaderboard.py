@@ -55,10 +55,19 @@ class _Seen:
     last: float
 
 
+# Peers the board follows one by one (rates, first/last seen): the ones with the most
+# refusals. A flood of distinct sources fills the kernel's table with 131,072 peers of a
+# few refusals each; following all of them would cost the board seconds and hundreds of
+# MiB per tally, and the screen shows fifty. Totals and the peer count stay exact.
+BOARD_PEERS = 20_000
+
+
 class Leaderboard:
     """Accumulates tallies; `rows()` ranks peers under the current sort, filter, grouping."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_peers: int = BOARD_PEERS) -> None:
+        self.max_peers = max_peers
+        self._peers_in_tally = 0
         self.sort = "rate"
         self.kind_filter: Kind | None = None
         self.grouped = False
@@ -79,7 +88,13 @@ class Leaderboard:
     def update(self, tally: Tally) -> None:
         """Take a new cumulative tally (counts since start) taken at tally.ts."""
         counts: dict[str, Counter[Kind]] = {}
-        for row in tally.rows:
+        rows = tally.rows
+        if len(rows) > self.max_peers:
+            self._peers_in_tally = len({r.peer for r in rows})
+            rows = rows[:self.max_peers]            # rows come largest first
+        else:
+            self._peers_in_tally = 0
+        for row in rows:
             counts.setdefault(row.peer, Counter())[row.kind] += row.count
         dt = tally.ts - self._prev_ts if self._prev_ts is not None else 0.0
         for peer, kinds in counts.items():
@@ -195,4 +210,5 @@ class Leaderboard:
 
     @property
     def peers(self) -> int:
-        return len(self._counts)
+        """Distinct peers in the last tally (also those beyond the ones followed)."""
+        return self._peers_in_tally or len(self._counts)

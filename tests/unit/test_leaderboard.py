@@ -129,3 +129,15 @@ def _text(st: DashboardState) -> str:
     console = Console(width=120, height=30, record=True, color_system=None)
     console.print(render(st, 120, 30))
     return console.export_text()
+
+
+def test_a_huge_tally_follows_only_the_biggest_peers_and_counts_all():
+    from tracer.leaderboard import Leaderboard
+    board = Leaderboard(max_peers=100)
+    rows = [TallyRow(1, f"10.0.{i // 256}.{i % 256}", Kind.SYN_DROP, 1000 - i)
+            for i in range(300)]
+    board.update(Tally(ts=1.0, rows=rows, totals={"syn_drop": sum(r.count for r in rows)}))
+    assert board.peers == 300
+    assert len(board.rows()) == 100
+    assert board.rows(limit=1)[0].peer == "10.0.0.0"
+    assert board.totals[Kind.SYN_DROP] == sum(1000 - i for i in range(300))
