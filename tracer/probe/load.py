@@ -68,7 +68,7 @@ class Tuning:
 
     max_events_per_second: int = 20000
     max_peers: int = 131072
-    ringbuf_pages: int = 2048          # 8 MiB: a few polls of headroom at 250k events/s
+    ringbuf_pages: int = 8192          # 32 MiB: ~520k events, 2 s of a 250k/s storm
     grace_ns: int = 200_000_000        # late SYN-ACK window (ARP/ND), well below the 1 s RTO
 
 
