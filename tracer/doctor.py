@@ -135,6 +135,60 @@ def _listener_findings(sample: HostSample, netns_arg: str | None) -> list[Findin
     return out
 
 
+@dataclass(frozen=True)
+class MovingCounter:
+    """A finding that is only a counter moving during the sample: what it means, the fix,
+    and the kind whose peers `tracer live` should show."""
+
+    counter: str
+    id: str
+    severity: str
+    meaning: str
+    fix: str
+    kind: str
+
+
+MOVING_COUNTERS = (
+    MovingCounter("PAWSTimewait", "tw_paws", "problem",
+                  "new SYNs refused by TIME-WAIT sockets because their timestamps are older: "
+                  "clients behind a shared NAT address, or a middlebox rewriting timestamps",
+                  "find the peers below; check their NAT or timestamp-rewriting middlebox",
+                  "tw_paws"),
+    MovingCounter("SyncookiesSent", "syncookies_sent", "warning",
+                  "SYN queues overflow (a SYN flood, or backlogs too small); cookie "
+                  "handshakes can lose TCP options",
+                  "raise net.ipv4.tcp_max_syn_backlog and the listen() backlog if this is not "
+                  "a flood", "syn_cookie"),
+    MovingCounter("SyncookiesFailed", "cookie_fail", "warning",
+                  "ACKs carried an invalid SYN cookie (answered with RST)",
+                  "look at the peers: spoofed ACKs, or handshakes older than two minutes",
+                  "cookie_fail"),
+    MovingCounter("PAWSEstab", "paws_estab", "warning",
+                  "segments of open connections dropped because their timestamps went back",
+                  "look for a NAT or middlebox rewriting timestamps between you and these "
+                  "peers", "paws"),
+    MovingCounter("PAWSActive", "paws_active", "warning",
+                  "SYN-ACKs refused by this host's own connecting sockets (timestamps went "
+                  "back)", "check the servers (peers below) and what sits between",
+                  "paws_active"),
+    MovingCounter("TWRecycled", "tw_reuse_out", "note",
+                  "local connect() took over TIME-WAIT ports: this host is short of "
+                  "ephemeral ports toward some servers",
+                  "reuse connections (keep-alive, pooling), or widen "
+                  "net.ipv4.ip_local_port_range", "tw_reuse_out"),
+    MovingCounter("TCPSynRetrans", "syn_retrans", "note",
+                  "SYNs or SYN-ACKs were retransmitted: handshakes lose packets",
+                  "see which peers do not complete their handshake", "synack_retrans"),
+)
+
+
+def _moving_counter_findings(sample: HostSample, netns_arg: str | None,
+                             counters: tuple[MovingCounter, ...]) -> list[Finding]:
+    return [Finding(c.id, c.severity, f"{c.counter} {_rate(sample, c.counter)}: {c.meaning}",
+                    c.fix, _live(netns_arg, f"--kind {c.kind}"))
+            for c in counters if sample.delta(c.counter) > 0]
+
+
 def diagnose(sample: HostSample, netns_arg: str | None = None) -> list[Finding]:
     """Findings, most serious first; tcp_tw_recycle=1, where it still exists, leads."""
     s = sample.sysctls
@@ -171,61 +225,13 @@ def diagnose(sample: HostSample, netns_arg: str | None = None) -> list[Finding]:
             f"TCPTimeWaitOverflow {_rate(sample, 'TCPTimeWaitOverflow')}: the TIME-WAIT table "
             f"is full (tcp_max_tw_buckets={_int(s, 'net.ipv4.tcp_max_tw_buckets')}), closes "
             "skip TIME-WAIT", "raise net.ipv4.tcp_max_tw_buckets, or reuse connections"))
-    if sample.delta("PAWSTimewait") > 0:
-        found.append(Finding(
-            "tw_paws", "problem",
-            f"PAWSTimewait {_rate(sample, 'PAWSTimewait')}: new SYNs refused by TIME-WAIT "
-            "sockets because their timestamps are older: clients behind a shared NAT "
-            "address, or a middlebox rewriting timestamps",
-            "find the peers below; check their NAT or timestamp-rewriting middlebox",
-            _live(netns_arg, "--kind tw_paws")))
-    if sample.delta("SyncookiesSent") > 0:
-        found.append(Finding(
-            "syncookies_sent", "warning",
-            f"SyncookiesSent {_rate(sample, 'SyncookiesSent')}: SYN queues overflow (a SYN "
-            "flood, or backlogs too small); cookie handshakes can lose TCP options",
-            "raise net.ipv4.tcp_max_syn_backlog and the listen() backlog if this is not a "
-            "flood", _live(netns_arg, "--kind syn_cookie")))
-    if sample.delta("SyncookiesFailed") > 0:
-        found.append(Finding(
-            "cookie_fail", "warning",
-            f"SyncookiesFailed {_rate(sample, 'SyncookiesFailed')}: ACKs carried an invalid "
-            "SYN cookie (answered with RST)",
-            "look at the peers: spoofed ACKs, or handshakes older than two minutes",
-            _live(netns_arg, "--kind cookie_fail")))
-    if sample.delta("PAWSEstab") > 0:
-        found.append(Finding(
-            "paws_estab", "warning",
-            f"PAWSEstab {_rate(sample, 'PAWSEstab')}: segments of open connections dropped "
-            "because their timestamps went back",
-            "look for a NAT or middlebox rewriting timestamps between you and these peers",
-            _live(netns_arg, "--kind paws")))
-    if sample.delta("PAWSActive") > 0:
-        found.append(Finding(
-            "paws_active", "warning",
-            f"PAWSActive {_rate(sample, 'PAWSActive')}: SYN-ACKs refused by this host's own "
-            "connecting sockets (timestamps went back)",
-            "check the servers (peers below) and what sits between",
-            _live(netns_arg, "--kind paws_active")))
+    found += _moving_counter_findings(sample, netns_arg, MOVING_COUNTERS[:5])
     if syncookies == 0 and not any(f.id == "syn_queue_drops" for f in found):
         found.append(Finding(
             "syncookies_off", "warning",
             "net.ipv4.tcp_syncookies=0: a full SYN queue drops SYNs silently",
             "sysctl -w net.ipv4.tcp_syncookies=1"))
-    if sample.delta("TWRecycled") > 0:
-        found.append(Finding(
-            "tw_reuse_out", "note",
-            f"TWRecycled {_rate(sample, 'TWRecycled')}: local connect() took over TIME-WAIT "
-            "ports: this host is short of ephemeral ports toward some servers",
-            "reuse connections (keep-alive, pooling), or widen net.ipv4.ip_local_port_range",
-            _live(netns_arg, "--kind tw_reuse_out")))
-    if sample.delta("TCPSynRetrans") > 0:
-        found.append(Finding(
-            "syn_retrans", "note",
-            f"TCPSynRetrans {_rate(sample, 'TCPSynRetrans')}: SYNs or SYN-ACKs were "
-            "retransmitted: handshakes lose packets",
-            "see which peers do not complete their handshake",
-            _live(netns_arg, "--kind synack_retrans")))
+    found += _moving_counter_findings(sample, netns_arg, MOVING_COUNTERS[5:])
     if _int(s, "net.ipv4.tcp_abort_on_overflow") == 1:
         found.append(Finding(
             "abort_on_overflow", "note",
