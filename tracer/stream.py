@@ -83,10 +83,13 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
                 counters = source.counters()
                 sink.tally(source.tally())
                 sink.counters(counters)
+                spent = time.monotonic() - now
+                release = getattr(source, "release_memory", None)
+                if release is not None and spent > 0.05:
+                    release()                      # after a big tally: its garbage is gone
                 if next_periodic:
                     # A tally of 100,000+ peers takes a while to read and write: space them
                     # so that this never takes more than a tenth of the tracer's time.
-                    spent = time.monotonic() - now
                     next_periodic = now + max(periodic or 1.0, 10 * spent)
             if duration is not None and now - started >= duration:
                 break

@@ -68,7 +68,7 @@ class Tuning:
 
     max_events_per_second: int = 20000
     max_peers: int = 131072
-    ringbuf_pages: int = 8192          # 32 MiB: ~520k events, 2 s of a 250k/s storm
+    ringbuf_pages: int = 4096          # 16 MiB: ~260k events, 1 s of a 250k/s storm
     grace_ns: int = 200_000_000        # late SYN-ACK window (ARP/ND), well below the 1 s RTO
 
 
@@ -205,9 +205,9 @@ def bundle_source(main: Path = BPF_DIR / "tracer.c") -> str:
     return expand(main)
 
 
-def _release_compiler_memory() -> None:
-    """Hand the heap clang/LLVM used for compiling back to the system (glibc malloc_trim):
-    the tracer runs for hours on a host that is short of memory."""
+def release_heap() -> None:
+    """Hand freed heap back to the system (glibc malloc_trim): after the compile, and after
+    each tally of 100,000+ peers; the tracer runs for hours on a host short of memory."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -266,7 +266,7 @@ class LoadedProbe:
                 f"loading the BPF programs failed ({e})",
                 "see the compiler output above; the kernel headers may be missing or broken "
                 "(./scripts/setup installs them)") from e
-        _release_compiler_memory()
+        release_heap()
 
     def open_events(self, callback: Callable[[bytes], None]) -> None:
         """Deliver each ring-buffer record to callback as bytes."""

@@ -21,7 +21,7 @@ from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, 
 from tracer.probe import decode, features, tracefs
 from tracer.probe.btf import Btf, BtfError
 from tracer.probe.grace import GraceWindow
-from tracer.probe.load import LoadedProbe, Tuning, build_defines, kernel_hz
+from tracer.probe.load import LoadedProbe, Tuning, build_defines, kernel_hz, release_heap
 from tracer.probe.peer_table import PEER_KEY, summarize
 
 STAT_LOST, STAT_SUPPRESSED, STAT_INSERTS = 0, 1, 2
@@ -177,6 +177,10 @@ class LiveSource:
         return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
                      suppressed=self._stat(STAT_SUPPRESSED), totals=totals, evicted=evicted,
                      ports=ports)
+
+    def release_memory(self) -> None:
+        """Return the heap a big tally left free to the system (the stream calls this)."""
+        release_heap()
 
     def counters(self) -> Counters:
         self.counter_tracker.refresh()
