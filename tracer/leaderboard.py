@@ -49,6 +49,18 @@ class PeerRow:
 
 
 @dataclass
+class BoardUpdate:
+    """A tally turned into the board's per-peer state, ready to swap in."""
+
+    counts: dict[str, Counter[Kind]]
+    seen: dict[str, _Seen]
+    prev: dict[str, int]
+    rates: dict[str, float]
+    tally: Tally
+    peers_in_tally: int
+
+
+@dataclass
 class _Seen:
     total: int
     first: float
@@ -87,40 +99,49 @@ class Leaderboard:
     # ---------------------------------------------------------------- input
     def update(self, tally: Tally) -> None:
         """Take a new cumulative tally (counts since start) taken at tally.ts."""
-        counts: dict[str, Counter[Kind]] = {}
+        self.apply(self.prepare(tally))
+
+    def prepare(self, tally: Tally) -> BoardUpdate:
+        """Everything a tally changes, computed without changing the board: a drawing
+        thread may read the board meanwhile, and apply() then swaps it in at once."""
         rows = tally.rows
+        peers_in_tally = 0
         if len(rows) > self.max_peers:
-            self._peers_in_tally = len({r.peer for r in rows})
+            peers_in_tally = len({r.peer for r in rows})
             rows = rows[:self.max_peers]            # rows come largest first
-        else:
-            self._peers_in_tally = 0
+        counts: dict[str, Counter[Kind]] = {}
         for row in rows:
             counts.setdefault(row.peer, Counter())[row.kind] += row.count
         dt = tally.ts - self._prev_ts if self._prev_ts is not None else 0.0
+        # New dicts holding only the peers of this tally: the ones the kernel's table
+        # evicted are forgotten, so a flood of distinct sources cannot grow the board.
+        seen: dict[str, _Seen] = {}
+        prev: dict[str, int] = {}
+        rates: dict[str, float] = {}
         for peer, kinds in counts.items():
+            total = sum(kinds.values())
             filtered = self._filtered_total(kinds)
-            seen = self._seen.get(peer)
-            grown = seen is None or sum(kinds.values()) > seen.total
-            if seen is None:
-                self._seen[peer] = _Seen(sum(kinds.values()), tally.ts, tally.ts)
-            elif grown:
-                seen.total, seen.last = sum(kinds.values()), tally.ts
-            before = self._prev.get(peer, 0)
-            self._rates[peer] = (filtered - before) / dt if dt > 0 else 0.0
-            self._prev[peer] = filtered
-        if len(self._seen) > len(counts):
-            # Peers the kernel's table evicted are gone from the tally: forget them too, so
-            # a flood of distinct sources cannot grow this board without bound.
-            for gone in [p for p in self._seen if p not in counts]:
-                del self._seen[gone]
-                self._prev.pop(gone, None)
-                self._rates.pop(gone, None)
-        self._counts = counts
+            old = self._seen.get(peer)
+            if old is None:
+                seen[peer] = _Seen(total, tally.ts, tally.ts)
+            elif total > old.total:
+                seen[peer] = _Seen(total, old.first, tally.ts)
+            else:
+                seen[peer] = old
+            rates[peer] = (filtered - self._prev.get(peer, 0)) / dt if dt > 0 else 0.0
+            prev[peer] = filtered
+        return BoardUpdate(counts, seen, prev, rates, tally, peers_in_tally)
+
+    def apply(self, u: BoardUpdate) -> None:
+        """Swap a prepared update in (quick: the caller may hold the drawing lock)."""
+        t = u.tally
+        self._counts, self._seen, self._prev, self._rates = u.counts, u.seen, u.prev, u.rates
+        self._peers_in_tally = u.peers_in_tally
+        self._ports = t.ports                      # read only for the rows shown
+        self.totals = Counter({Kind.from_label(k): v for k, v in t.totals.items()})
+        self.lost, self.suppressed, self.evicted = t.lost, t.suppressed, t.evicted
+        self._prev_ts = t.ts
         self._version += 1
-        self._ports = tally.ports                  # read only for the rows shown
-        self.totals = Counter({Kind.from_label(k): v for k, v in tally.totals.items()})
-        self.lost, self.suppressed, self.evicted = tally.lost, tally.suppressed, tally.evicted
-        self._prev_ts = tally.ts
 
     def _filtered_total(self, kinds: Counter[Kind]) -> int:
         if self.kind_filter is None:

@@ -264,9 +264,10 @@ class Dashboard:
         self._events_since, self._last_tally = 0, now
         if self.state.paused:
             return
+        update = self.state.board.prepare(t)      # the slow part, while the board draws
         with self._lock:
             self.state.now = now
-            self.state.board.update(t)
+            self.state.board.apply(update)
         self._kind_counts = Counter()
         for r in t.rows:
             self._kind_counts[(r.netns, r.kind)] += r.count
