@@ -29,6 +29,14 @@ def parse_network(text: str) -> Network:
     return net
 
 
+def subnet_of(peer: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) a peer belongs to, as text: how the board, the report
+    and the metrics group peers."""
+    addr = ipaddress.ip_address(peer)
+    prefix = 24 if addr.version == 4 else 64
+    return str(ipaddress.ip_network((addr, prefix), strict=False))
+
+
 def parse_kind(text: str) -> Kind:
     try:
         return Kind.from_label(text.strip())

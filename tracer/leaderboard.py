@@ -7,21 +7,14 @@ when events are lost or capped. Rates are the growth between the last two tallie
 from __future__ import annotations
 
 import heapq
-import ipaddress
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tracer.filters import subnet_of
 from tracer.model import Category, Kind, Tally
 
 SORTS = ("rate", "total", "last")
-
-
-def subnet_of(peer: str) -> str:
-    """The /24 (IPv4) or /64 (IPv6) a peer belongs to, as text."""
-    addr = ipaddress.ip_address(peer)
-    prefix = 24 if addr.version == 4 else 64
-    return str(ipaddress.ip_network(f"{peer}/{prefix}", strict=False))
 
 
 @dataclass

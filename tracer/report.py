@@ -20,6 +20,7 @@ from datetime import datetime
 import pandas as pd
 
 from tracer.errors import TracerError, UsageError
+from tracer.filters import subnet_of
 from tracer.model import KIND_LABELS
 from tracer.recording import Recording, read
 
@@ -100,11 +101,6 @@ def load_tallies(paths: Iterable[str]) -> pd.DataFrame:
     return load_recordings(paths).tallies
 
 
-def subnet(peer: str) -> str:
-    addr = ipaddress.ip_address(peer)
-    return str(ipaddress.ip_network(f"{peer}/{24 if addr.version == 4 else 64}", strict=False))
-
-
 @dataclass
 class Selection:
     """Report filters: time window, kinds, peer networks."""
@@ -164,8 +160,8 @@ def build(loaded: Loaded, by: str, sel: Selection, top: int | None) -> dict:
         return out
     key = {"peer": "peer", "subnet": "subnet", "kind": "group_kind", "port": "local_port"}[by]
     if by == "subnet":
-        counts = counts.assign(subnet=counts["peer"].map(subnet))
-        events = events.assign(subnet=events["peer"].map(subnet))
+        counts = counts.assign(subnet=counts["peer"].map(subnet_of))
+        events = events.assign(subnet=events["peer"].map(subnet_of))
     elif by == "kind":
         counts = counts.assign(group_kind=counts["kind"])
         events = events.assign(group_kind=events["kind"])

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from tracer.errors import TracerError, UsageError
-from tracer.filters import Selection
+from tracer.filters import Selection, subnet_of
 from tracer.model import KIND_LABELS, Counters, End, Event, Session, Tally, TallyRow
 from tracer.sinks.printer import endpoint
 
@@ -56,11 +56,7 @@ HELP_KERNEL = ("Growth of a kernel TCP counter (nstat name) since the tracer sta
 
 def peer_label(peer: str, subnet: bool) -> str:
     """The `peer` label value: the address, or its /24 (IPv4) or /64 (IPv6) network."""
-    if not subnet:
-        return peer
-    addr = ipaddress.ip_address(peer)
-    prefix = 24 if addr.version == 4 else 64
-    return str(ipaddress.ip_network((addr, prefix), strict=False))
+    return subnet_of(peer) if subnet else peer
 
 
 def counts_by_label(rows: Iterable[TallyRow], subnet: bool = False
