@@ -202,7 +202,9 @@ static __always_inline int parse_view(struct skb_view *v, struct segment *s)
         __builtin_memcpy(s->daddr, &buf[16], 4);
         tcp = buf + 20;
     } else if (v->proto == bpf_htons(0x86DD)) {
-        if (read_headers(v, buf, 40))
+        /* Without extension headers the next header must be TCP (with them, the offset
+         * the TCP layer set is trusted). */
+        if (read_headers(v, buf, 40) || (v->th == v->nh + 40 && buf[6] != 6))
             return -1;
         s->family = 6;
         __builtin_memcpy(s->saddr, &buf[8], 16);
