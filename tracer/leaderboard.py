@@ -182,22 +182,21 @@ class Leaderboard:
         self._cache = (state, shown)
         return shown
 
-    def _peer_key(self, peer: str) -> tuple:
-        """The sort key of one ungrouped peer: the same order as _row_key on its row."""
-        total = self._filtered_total(self._counts[peer])
-        rate = self._rates.get(peer, 0.0)
+    def _order(self, rate: float, total: int, last: float, label: str) -> tuple:
+        """The sort key under the current sort: the one definition of the board's order."""
         if self.sort == "rate":
-            return (-rate, -total, peer)
+            return (-rate, -total, label)
         if self.sort == "total":
-            return (-total, -rate, peer)
-        return (-self._seen[peer].last, -total, peer)
+            return (-total, -rate, label)
+        return (-last, -total, label)
+
+    def _peer_key(self, peer: str) -> tuple:
+        """The key of one ungrouped peer, without building its row."""
+        return self._order(self._rates.get(peer, 0.0), self._filtered_total(self._counts[peer]),
+                           self._seen[peer].last, peer)
 
     def _row_key(self, r: PeerRow) -> tuple:
-        if self.sort == "rate":
-            return (-r.rate, -r.total, r.peer)
-        if self.sort == "total":
-            return (-r.total, -r.rate, r.peer)
-        return (-r.last_seen, -r.total, r.peer)
+        return self._order(r.rate, r.total, r.last_seen, r.peer)
 
     def _merged(self, peers: list[str] | None = None) -> dict[str, PeerRow]:
         """Rows by label (a peer, or its subnet when grouped) for `peers` (default: all)."""
