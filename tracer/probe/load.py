@@ -300,7 +300,9 @@ class LoadedProbe:
             items = list(table.items())          # no batch lookups on this kernel
             return (b"".join(bytes(k) for k, _ in items),
                     b"".join(struct.pack(f"<{ncpu}Q", *v) for _, v in items), ncpu)
-        return keys.raw[:count * key_size], values.raw[:count * leaf_size], ncpu
+        # string_at copies only the entries read, not the whole (headroom) buffer
+        return (ctypes.string_at(keys, count * key_size),
+                ctypes.string_at(values, count * leaf_size), ncpu)
 
     def kind_totals(self) -> dict[int, list[int]]:
         table = self.bpf["kind_totals"]
