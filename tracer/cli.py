@@ -17,7 +17,7 @@ import click
 
 from tracer import __version__
 from tracer.errors import TracerError, UsageError
-from tracer.filters import Selection
+from tracer.filters import RefusalFilter
 from tracer.kernel.netns import resolve_netns
 from tracer.model import KIND_LABELS
 
@@ -60,12 +60,12 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_selection(ports: tuple[int, ...], peers: tuple[str, ...], kinds: tuple[str, ...],
-                    ipv4: bool, ipv6: bool, netns: tuple[str, ...]) -> Selection:
-    """A Selection from the shared options; UsageError on bad values."""
+                    ipv4: bool, ipv6: bool, netns: tuple[str, ...]) -> RefusalFilter:
+    """A RefusalFilter from the shared options; UsageError on bad values."""
     if ipv4 and ipv6:
         raise UsageError("-4 and -6 exclude each other", "give at most one of them")
     family = 4 if ipv4 else 6 if ipv6 else None
-    return Selection.build(ports=ports, peers=peers, kinds=kinds, family=family,
+    return RefusalFilter.build(ports=ports, peers=peers, kinds=kinds, family=family,
                            netns=[resolve_netns(n) for n in netns])
 
 
@@ -171,7 +171,7 @@ def report(files: tuple[str, ...], by: str, top: int | None, since: str | None,
     from tracer.filters import parse_kind, parse_network
     from tracer.sinks.report_view import write
 
-    sel = reporting.Selection(
+    sel = reporting.ReportFilter(
         since=reporting.parse_time(since) if since else None,
         until=reporting.parse_time(until) if until else None,
         kinds=tuple(parse_kind(k).label for k in kinds),
@@ -314,7 +314,7 @@ def demo(duration: float | None, interval: float, headless: bool) -> None:
     flags.install()
     with Lab("demo", prefix=DEMO_PREFIX, clients4=CLIENTS4 + OFFICE) as lab:
         inodes = frozenset({Lab.inode(lab.srv), Lab.inode(lab.cli)})
-        source = LiveSource(Selection(netns=inodes), Tuning(max_events_per_second=5000))
+        source = LiveSource(RefusalFilter(netns=inodes), Tuning(max_events_per_second=5000))
         sink = JsonPrinter(sys.stdout) if headless else Dashboard(
             Console(), on_quit=flags.stop.set, filters="demo namespaces", source="demo")
         scenes = Demo(lab)

@@ -1,6 +1,6 @@
 """Which refusals the user asked to see: local ports, peer networks, kinds, family, netns.
 
-One `Selection` applies alike to events and to tally rows, so that the exact counts and
+One `RefusalFilter` applies alike to events and to tally rows, so that the exact counts and
 the event stream always describe the same set of refusals.
 """
 
@@ -46,7 +46,7 @@ def parse_kind(text: str) -> Kind:
 
 
 @dataclass(frozen=True)
-class Selection:
+class RefusalFilter:
     """The filters of one command; empty sets mean "everything"."""
 
     ports: frozenset[int] = frozenset()
@@ -59,7 +59,7 @@ class Selection:
     @classmethod
     def build(cls, ports: Iterable[int] = (), peers: Iterable[str] = (),
               kinds: Iterable[str] = (), family: int | None = None,
-              netns: Iterable[int] = ()) -> Selection:
+              netns: Iterable[int] = ()) -> RefusalFilter:
         return cls(ports=frozenset(ports), networks=tuple(parse_network(p) for p in peers),
                    kinds=frozenset(parse_kind(k) for k in kinds), family=family,
                    netns=frozenset(netns))

@@ -102,7 +102,7 @@ def load_tallies(paths: Iterable[str]) -> pd.DataFrame:
 
 
 @dataclass
-class Selection:
+class ReportFilter:
     """Report filters: time window, kinds, peer networks."""
 
     since: float | None = None
@@ -140,7 +140,7 @@ class Selection:
         return df[self._common(df)]
 
 
-def build(loaded: Loaded, by: str, sel: Selection, top: int | None) -> dict:
+def build(loaded: Loaded, by: str, sel: ReportFilter, top: int | None) -> dict:
     """The report as one JSON-ready object (rows sorted by total, descending)."""
     if by not in BY:
         raise UsageError(f"unknown --by {by!r}", f"choose from {', '.join(BY)}")

@@ -1,6 +1,6 @@
 """`tracer watch` parsing and error contract, with a fake LiveSource (no kernel touched).
 
-Every option of watch is checked for what reaches the source (Selection, Tuning) and the
+Every option of watch is checked for what reaches the source (RefusalFilter, Tuning) and the
 stream loop (duration); every bad value must exit 2 with exactly one stderr line starting
 "tracer:", and a TracerError from the source must exit 1 with its remedy on that line.
 """
@@ -19,7 +19,7 @@ import pytest
 
 from tracer import cli, stream
 from tracer.errors import EnvironmentProblem, TracerError, UsageError
-from tracer.filters import Selection
+from tracer.filters import RefusalFilter
 from tracer.model import (
     KIND_LABELS,
     CounterDelta,
@@ -51,7 +51,7 @@ class FakeLiveSource:
     fail_poll: Exception | None = None
     on_poll = None
 
-    def __init__(self, selection: Selection, tuning) -> None:
+    def __init__(self, selection: RefusalFilter, tuning) -> None:
         self.selection, self.tuning = selection, tuning
         self.flags: stream.StopFlags | None = None     # set by the spy on stream.run
         self.run_kwargs: dict = {}
@@ -161,7 +161,7 @@ def test_text_output_without_json(fake, capsys):
 
 def test_defaults(fake, capsys):
     source = ok(fake, capsys)
-    assert source.selection == Selection()
+    assert source.selection == RefusalFilter()
     assert source.selection.is_everything
     assert source.tuning.max_events_per_second == 20000
     assert source.run_kwargs["duration"] is None
@@ -313,7 +313,7 @@ def test_every_option_at_once(fake, capsys):
     source = ok(fake, capsys, "-P", "443", "--peer", "10.0.0.0/8", "--kind", "ack_drop", "-4",
                 "--netns", "7", "--duration", "0.01", "--interval", "2",
                 "--max-events-per-second", "100")
-    assert source.selection == Selection.build(ports=[443], peers=["10.0.0.0/8"],
+    assert source.selection == RefusalFilter.build(ports=[443], peers=["10.0.0.0/8"],
                                                kinds=["ack_drop"], family=4, netns=[7])
     assert source.tuning.max_events_per_second == 100
     assert source.run_kwargs["duration"] == 0.01

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tracer import cli
 from tracer.errors import TracerError, UsageError
-from tracer.filters import Selection
+from tracer.filters import RefusalFilter
 from tracer.model import (
     KIND_LABELS,
     CounterDelta,
@@ -224,7 +224,7 @@ def test_before_any_tally_every_available_kind_is_zero():
 
 
 def test_kind_filter_reports_only_selected_kinds():
-    exporter = Exporter(selection=Selection.build(kinds=["syn_drop"]))
+    exporter = Exporter(selection=RefusalFilter.build(kinds=["syn_drop"]))
     tally = Tally(ts=1.0, totals={"syn_drop": 8, "ack_drop": 3, "paws": 1},
                   rows=[row("10.0.0.1", "syn_drop", 5)])
     fams = scrape(feed(exporter, tally))
@@ -236,7 +236,7 @@ def test_kind_filter_reports_only_selected_kinds():
 def test_namespace_filter_does_not_use_host_wide_totals():
     """The kernel's per-kind totals count every namespace: under --netns they would count
     refusals the user filtered out, so the totals are then the selected rows' sums."""
-    exporter = Exporter(top_peers=1, selection=Selection.build(netns=[NS]))
+    exporter = Exporter(top_peers=1, selection=RefusalFilter.build(netns=[NS]))
     tally = Tally(ts=1.0, totals={"syn_drop": 500, "ack_drop": 0, "paws": 0},
                   rows=[row("10.0.0.1", "syn_drop", 5), row("10.0.0.2", "syn_drop", 2)])
     fams = scrape(feed(exporter, tally))

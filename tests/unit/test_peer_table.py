@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from tracer.filters import Selection
+from tracer.filters import RefusalFilter
 from tracer.model import Kind, TallyRow
 from tracer.probe.peer_table import summarize
 
@@ -23,10 +23,10 @@ def entry(peer: str, count: int | tuple[int, int], kind: Kind = Kind.SYN_DROP,
     return key, struct.pack(f"<{NCPU}Q", *(c % M64 for c in per_cpu))
 
 
-def table(*entries: tuple[bytes, bytes], selection: Selection | None = None):
+def table(*entries: tuple[bytes, bytes], selection: RefusalFilter | None = None):
     keys = b"".join(k for k, _ in entries)
     values = b"".join(v for _, v in entries)
-    return summarize(keys, values, NCPU, selection or Selection())
+    return summarize(keys, values, NCPU, selection or RefusalFilter())
 
 
 def test_sums_over_ports_keeps_namespaces_apart_and_orders_rows():
@@ -67,7 +67,7 @@ def test_every_filter():
             entry("10.0.0.2", 8, kind=Kind.PAWS, netns=9, port=82)]
 
     def peers(**sel) -> list[str]:
-        rows, _ = table(*data, selection=Selection.build(**sel))
+        rows, _ = table(*data, selection=RefusalFilter.build(**sel))
         return sorted(r.peer for r in rows)
 
     assert peers(ports=[80]) == ["10.0.0.1", "2001:db8::1"]

@@ -139,7 +139,7 @@ def test_report_json_shape_and_counts_from_the_last_tally(tmp_path):
     path = str(tmp_path / "a.ndjson")
     write_recording(path)
     loaded = reporting.load_recordings([path])
-    out = reporting.build(loaded, "peer", reporting.Selection(), None)
+    out = reporting.build(loaded, "peer", reporting.ReportFilter(), None)
     assert out["by"] == "peer" and out["lost"] == 2 and out["partial"] is False
     assert out["files"] == [path]
     assert out["rows"] == [                   # two of 10.1.1.1's events share a minute
@@ -152,7 +152,7 @@ def test_report_json_shape_and_counts_from_the_last_tally(tmp_path):
 def test_cut_short_file_counts_last_tally_plus_later_events(tmp_path):
     path = str(tmp_path / "cut.ndjson")
     write_recording(path, end=False)
-    out = reporting.build(reporting.load_recordings([path]), "peer", reporting.Selection(), None)
+    out = reporting.build(reporting.load_recordings([path]), "peer", reporting.ReportFilter(), None)
     assert out["partial"] is True
     assert {r["peer"]: r["total"] for r in out["rows"]} == {"10.1.1.1": 3, "10.1.1.2": 1}
 
@@ -163,7 +163,7 @@ def test_two_hosts_merge_and_every_by(tmp_path):
     write_recording(b, "web-2")
     loaded = reporting.load_recordings([a, b])
     assert set(loaded.events["host"]) == {"web-1", "web-2"}
-    sel = reporting.Selection()
+    sel = reporting.ReportFilter()
     peer = reporting.build(loaded, "peer", sel, None)
     assert peer["hosts"] == ["web-1", "web-2"] and peer["rows"][0]["total"] == 6
     assert reporting.build(loaded, "subnet", sel, None)["rows"][0]["subnet"] == "10.1.1.0/24"
@@ -182,14 +182,14 @@ def test_time_kind_and_peer_filters(tmp_path):
     path = str(tmp_path / "a.ndjson")
     write_recording(path)
     loaded = reporting.load_recordings([path])
-    late = reporting.Selection(since=T0 + 60)
+    late = reporting.ReportFilter(since=T0 + 60)
     out = reporting.build(loaded, "peer", late, None)
     assert out["counted_from"] == "events"
     assert {r["peer"]: r["total"] for r in out["rows"]} == {"10.1.1.1": 1, "10.1.1.2": 1}
-    only = reporting.Selection(kinds=("ack_drop",))
+    only = reporting.ReportFilter(kinds=("ack_drop",))
     assert [r["peer"] for r in reporting.build(loaded, "peer", only, None)["rows"]] == ["10.1.1.2"]
     from tracer.filters import parse_network
-    net = reporting.Selection(peers=(parse_network("10.1.1.1"),))
+    net = reporting.ReportFilter(peers=(parse_network("10.1.1.1"),))
     assert [r["peer"] for r in reporting.build(loaded, "peer", net, None)["rows"]] == ["10.1.1.1"]
     assert reporting.parse_time("10m", now=1000.0) == 400.0
     assert reporting.parse_time("2026-11-24T14:00:00") > 0
@@ -201,7 +201,7 @@ def test_time_kind_and_peer_filters(tmp_path):
 def test_every_format(tmp_path, fmt):
     path = str(tmp_path / "a.ndjson")
     write_recording(path)
-    out = reporting.build(reporting.load_recordings([path]), "peer", reporting.Selection(), None)
+    out = reporting.build(reporting.load_recordings([path]), "peer", reporting.ReportFilter(), None)
     target = str(tmp_path / f"out.{fmt}")
     write(out, fmt, target)
     if fmt == "json":

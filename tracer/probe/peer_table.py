@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from tracer.filters import Selection
+from tracer.filters import RefusalFilter
 from tracer.model import Kind, TallyRow
 from tracer.probe.decode import address
 
@@ -54,7 +54,7 @@ class PortCounts(Mapping[str, dict[int, int]]):
 
 
 def summarize(keys: bytes, values: bytes, ncpu: int,
-              selection: Selection) -> tuple[list[TallyRow], PortCounts]:
+              selection: RefusalFilter) -> tuple[list[TallyRow], PortCounts]:
     """Rows per (netns, peer, kind) summed over local ports, largest first, and the ports.
 
     Per-CPU values are summed modulo 2**64 and read as signed: a late-answered syn_drop is

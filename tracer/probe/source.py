@@ -1,7 +1,7 @@
 """The live source: kernel tracepoints -> the stream of Session, Event, Tally, Counters, End.
 
 It checks the machine, loads the probe, and turns what the kernel side reports into stream
-records, applying the user's Selection to events and tally rows alike.
+records, applying the user's RefusalFilter to events and tally rows alike.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tracer import __version__
 from tracer.errors import EnvironmentProblem
-from tracer.filters import Selection
+from tracer.filters import RefusalFilter
 from tracer.kernel.counters import CounterTracker
 from tracer.kernel.sysctls import read_sysctls
 from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally
@@ -47,8 +47,9 @@ def monotonic_ns() -> int:
 class LiveSource:
     """Refusals as they happen, from the kernel."""
 
-    def __init__(self, selection: Selection | None = None, tuning: Tuning | None = None) -> None:
-        self.selection = selection or Selection()
+    def __init__(self, selection: RefusalFilter | None = None,
+                 tuning: Tuning | None = None) -> None:
+        self.selection = selection or RefusalFilter()
         self.tuning = tuning or Tuning()
         self.probe: LoadedProbe | None = None
         self.kinds: dict[str, KindAvailability] = {}

@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from tracer.errors import TracerError, UsageError
-from tracer.filters import Selection, subnet_of
+from tracer.filters import RefusalFilter, subnet_of
 from tracer.model import KIND_LABELS, Counters, End, Event, Session, Tally, TallyRow
 from tracer.sinks.printer import endpoint
 
@@ -127,7 +127,7 @@ def rank(rows: Sequence[TallyRow], totals: dict[str, int], kinds: Sequence[str],
                    folded=len(tracked - visible))
 
 
-def reported_kinds(session: Session | None, selection: Selection) -> list[str]:
+def reported_kinds(session: Session | None, selection: RefusalFilter) -> list[str]:
     """Kinds that get a series even at 0: available on this kernel and selected."""
     if session is None:
         return []
@@ -136,7 +136,7 @@ def reported_kinds(session: Session | None, selection: Selection) -> list[str]:
             and how.available and (not wanted or k in wanted)]
 
 
-def totals_are_exact(selection: Selection) -> bool:
+def totals_are_exact(selection: RefusalFilter) -> bool:
     """The kernel's per-kind totals are host-wide: exact for a selection of kinds only.
 
     With port, peer, family or namespace filters they also count refusals the user
@@ -160,12 +160,12 @@ class Exporter:
     """A sink that keeps the latest snapshot; its `registry` serves it as metrics."""
 
     def __init__(self, top_peers: int = DEFAULT_TOP_PEERS, subnet: bool = False,
-                 selection: Selection | None = None) -> None:
+                 selection: RefusalFilter | None = None) -> None:
         if top_peers < 1:
             raise ValueError("top_peers must be at least 1")
         self.top_peers = top_peers
         self.subnet = subnet
-        self.selection = selection or Selection()
+        self.selection = selection or RefusalFilter()
         self.snapshot = Snapshot()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RefusalCollector(self))

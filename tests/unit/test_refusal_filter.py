@@ -1,4 +1,4 @@
-"""Selection and its parsers: --peer networks, --kind names, and matching events and rows."""
+"""RefusalFilter and its parsers: --peer networks, --kind names, and matching events and rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from tracer.errors import UsageError
-from tracer.filters import Selection, parse_kind, parse_network
+from tracer.filters import RefusalFilter, parse_kind, parse_network
 from tracer.model import Event, Kind
 
 
@@ -54,7 +54,7 @@ def test_parse_kind():
 
 
 def test_build_collects_each_filter():
-    s = Selection.build(ports=[443, 80, 443], peers=["10.0.0.0/8", "::ffff:172.16.0.0/108"],
+    s = RefusalFilter.build(ports=[443, 80, 443], peers=["10.0.0.0/8", "::ffff:172.16.0.0/108"],
                         kinds=["paws", "SYN_DROP"], family=4, netns=[7, 7, 9])
     assert s.ports == frozenset({80, 443})
     assert s.networks == (ipaddress.ip_network("10.0.0.0/8"),
@@ -63,49 +63,50 @@ def test_build_collects_each_filter():
     assert s.family == 4
     assert s.netns == frozenset({7, 9})
     assert not s.is_everything
-    assert s == Selection.build(ports=[80, 443], peers=["10.0.0.0/8", "172.16.0.0/12"],
+    assert s == RefusalFilter.build(ports=[80, 443], peers=["10.0.0.0/8", "172.16.0.0/12"],
                                 kinds=["syn_drop", "paws"], family=4, netns=[9, 7])
 
 
 @pytest.mark.parametrize("selection", [
-    Selection.build(ports=[1]), Selection.build(peers=["::/0"]),
-    Selection.build(kinds=["paws"]), Selection.build(family=6), Selection.build(netns=[1]),
+    RefusalFilter.build(ports=[1]), RefusalFilter.build(peers=["::/0"]),
+    RefusalFilter.build(kinds=["paws"]), RefusalFilter.build(family=6),
+    RefusalFilter.build(netns=[1]),
 ])
 def test_any_filter_means_not_everything(selection):
     assert not selection.is_everything
 
 
 def test_empty_selection_matches_everything():
-    s = Selection()
+    s = RefusalFilter()
     assert s.is_everything and s.describe() == ""
     for e in (event(), event(peer="2001:db8::1", family=6), event(kind=Kind.PAWS_ACTIVE)):
         assert s.matches_event(e)
 
 
 def test_each_filter_accepts_and_rejects():
-    assert Selection.build(ports=[443, 8443]).matches_event(event(local_port=8443))
-    assert not Selection.build(ports=[443]).matches_event(event(local_port=80))
-    assert Selection.build(kinds=["syn_drop"]).matches_event(event())
-    assert not Selection.build(kinds=["ack_drop"]).matches_event(event())
-    assert Selection.build(family=4).matches_event(event())
-    assert not Selection.build(family=6).matches_event(event())
-    assert Selection.build(netns=[4026531840]).matches_event(event())
-    assert not Selection.build(netns=[4026532000]).matches_event(event())
+    assert RefusalFilter.build(ports=[443, 8443]).matches_event(event(local_port=8443))
+    assert not RefusalFilter.build(ports=[443]).matches_event(event(local_port=80))
+    assert RefusalFilter.build(kinds=["syn_drop"]).matches_event(event())
+    assert not RefusalFilter.build(kinds=["ack_drop"]).matches_event(event())
+    assert RefusalFilter.build(family=4).matches_event(event())
+    assert not RefusalFilter.build(family=6).matches_event(event())
+    assert RefusalFilter.build(netns=[4026531840]).matches_event(event())
+    assert not RefusalFilter.build(netns=[4026532000]).matches_event(event())
 
 
 def test_peer_networks_are_an_or_and_never_cross_families():
-    s = Selection.build(peers=["10.1.0.0/16", "2001:db8::/32"])
+    s = RefusalFilter.build(peers=["10.1.0.0/16", "2001:db8::/32"])
     assert s.matches_event(event(peer="10.1.255.255"))
     assert s.matches_event(event(peer="2001:db8:ffff::1", family=6))
     assert not s.matches_event(event(peer="10.2.0.1"))
     assert not s.matches_event(event(peer="2001:db9::1", family=6))
-    everything_v6 = Selection.build(peers=["::/0"])
+    everything_v6 = RefusalFilter.build(peers=["::/0"])
     assert not everything_v6.matches_event(event(peer="10.1.2.3"))
     assert everything_v6.matches_event(event(peer="::1", family=6))
 
 
 def test_filters_combine_with_and():
-    s = Selection.build(ports=[443], peers=["10.0.0.0/8"], kinds=["syn_drop"], family=4,
+    s = RefusalFilter.build(ports=[443], peers=["10.0.0.0/8"], kinds=["syn_drop"], family=4,
                         netns=[4026531840])
     assert s.matches_event(event())
     assert not s.matches_event(event(local_port=80))
@@ -115,22 +116,22 @@ def test_filters_combine_with_and():
 
 
 def test_tally_rows_and_events_share_the_rule():
-    s = Selection.build(ports=[443], peers=["10.1.2.3"])
+    s = RefusalFilter.build(ports=[443], peers=["10.1.2.3"])
     assert s.matches(kind=Kind.PAWS, peer="10.1.2.3", family=4, netns=1, local_port=443)
     assert not s.matches(kind=Kind.PAWS, peer="10.1.2.3", family=4, netns=1, local_port=444)
     assert not s.matches(kind=Kind.PAWS, peer="10.1.2.4", family=4, netns=1, local_port=443)
 
 
 def test_peer_cache_gives_the_same_answer_twice():
-    s = Selection.build(peers=["10.0.0.0/8"])
+    s = RefusalFilter.build(peers=["10.0.0.0/8"])
     assert [s.peer_matches("10.9.9.9"), s.peer_matches("10.9.9.9")] == [True, True]
     assert [s.peer_matches("11.0.0.1"), s.peer_matches("11.0.0.1")] == [False, False]
-    assert s == Selection.build(peers=["10.0.0.0/8"])     # the cache is not part of equality
+    assert s == RefusalFilter.build(peers=["10.0.0.0/8"])     # the cache is not part of equality
 
 
 def test_describe_lists_every_active_filter_in_a_fixed_order():
-    s = Selection.build(ports=[8443, 80], peers=["10.0.0.0/8", "2001:db8::/32"],
+    s = RefusalFilter.build(ports=[8443, 80], peers=["10.0.0.0/8", "2001:db8::/32"],
                         kinds=["tw_paws", "ack_drop"], family=6, netns=[9, 3])
     assert s.describe() == ("port 80,8443; peer 10.0.0.0/8,2001:db8::/32; "
                             "kind ack_drop,tw_paws; IPv6; netns 3,9")
-    assert Selection.build(family=4).describe() == "IPv4"
+    assert RefusalFilter.build(family=4).describe() == "IPv4"
