@@ -138,17 +138,11 @@ def record(output: str, force: bool, echo: bool, duration: float | None, interva
     from tracer.stream import StopFlags, run
 
     selection = build_selection(**filters)
-    recorder = Recorder(output, force=force, echo=sys.stdout if echo else None)
     flags = StopFlags()
     flags.install()
     source = LiveSource(selection, Tuning(max_events_per_second=max_eps))
-    try:
-        run(source, recorder, duration=duration, periodic=interval, flags=flags)
-    finally:
-        try:
-            recorder.close()
-        except TracerError:
-            pass
+    recorder = Recorder(output, force=force, echo=sys.stdout if echo else None)
+    run(source, recorder, duration=duration, periodic=interval, flags=flags)   # closes it
 
 
 @cli.command()
@@ -209,12 +203,13 @@ def replay(file: str, speed: float, as_json: bool, interval: float) -> None:
         raise TracerError(f"nothing usable in {file}", "give a recording made by `tracer record`")
     flags = StopFlags()
     flags.install()
-    source = ReplaySource(recording, speed)
     if as_json:
-        run(source, JsonPrinter(sys.stdout), flags=flags, periodic=None)
+        run(ReplaySource(recording, speed), JsonPrinter(sys.stdout), flags=flags, periodic=None)
     else:
         sink = Dashboard(Console(), on_quit=flags.stop.set, source="replay")
-        run(source, sink, flags=flags, periodic=interval, stop_when_finished=False)
+        # The board stays on the recording's last state until the user quits.
+        run(ReplaySource(recording, speed, hold_at_end=True), sink, flags=flags,
+            periodic=interval)
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from tracer.model import (
     TallyRow,
 )
 from tracer.recording import Recording
+from tracer.stream import Source, SourceFinished
 
 
 def _session(d: dict) -> Session:
@@ -47,12 +48,18 @@ def _deltas(items: list[dict]) -> list[CounterDelta]:
     return [CounterDelta(c["netns"], c["name"], c["delta"]) for c in items]
 
 
-class ReplaySource:
-    """Yields a Recording's records in order; `speed` 0 means as fast as possible."""
+class ReplaySource(Source):
+    """Yields a Recording's records in order; `speed` 0 means as fast as possible.
 
-    def __init__(self, recording: Recording, speed: float = 1.0) -> None:
+    hold_at_end: once everything is given, keep answering polls with nothing instead of
+    finishing the stream, so a board stays up until the user quits.
+    """
+
+    def __init__(self, recording: Recording, speed: float = 1.0,
+                 hold_at_end: bool = False) -> None:
         self.rec = recording
         self.speed = speed
+        self.hold_at_end = hold_at_end
         self._timeline: list[tuple[float, str, dict]] = []
         self._pos = 0
         self._t0 = 0.0
@@ -74,7 +81,12 @@ class ReplaySource:
         return _session(session)
 
     def poll(self, timeout: float) -> list[Event]:
-        """Events due by now; tallies and counters are kept for the next tally()/counters()."""
+        """Events due by now; tallies and counters are kept for the next tally()/counters().
+
+        SourceFinished once the recording is over, unless holding at the end.
+        """
+        if self.finished and not self.hold_at_end:
+            raise SourceFinished
         deadline = time.monotonic() + timeout
         out: list[Event] = []
         while self._pos < len(self._timeline) and len(out) < 5000:
@@ -101,9 +113,6 @@ class ReplaySource:
     def finished(self) -> bool:
         return self._pos >= len(self._timeline)
 
-    def settle(self) -> list[Event]:
-        return []
-
     def tally(self) -> Tally:
         if self.finished and self.rec.tallies:
             return _tally(self.rec.tallies[-1][1])
@@ -119,6 +128,3 @@ class ReplaySource:
         return End(ts=end.get("ts", time.time()), lost=end.get("lost", 0),
                    suppressed=end.get("suppressed", 0),
                    counters=_deltas(end.get("counters", self._last_counters)))
-
-    def close(self) -> None:
-        pass

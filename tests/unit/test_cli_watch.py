@@ -13,9 +13,13 @@ import os
 import signal
 import subprocess
 import sys
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from tracer import cli, stream
 from tracer.errors import EnvironmentProblem, TracerError, UsageError
@@ -32,6 +36,7 @@ from tracer.model import (
     Tally,
     TallyRow,
 )
+from tracer.sinks.dashboard import Dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 NETNS = 4026531840
@@ -411,3 +416,111 @@ def test_python_m_tracer_usage_error_is_one_line_exit_2():
     assert r.stdout == ""
     assert r.stderr == ("tracer: Invalid value for '-P' / '--port': 0 is not in the range "
                         "1<=x<=65535. (see 'tracer watch --help')\n")
+
+
+# ---------------------------------------------------------------- the board's terminal
+
+class PtyTerminal:
+    """A pseudo-terminal standing in for the user's: stdin and stdout are its slave side,
+    and a thread drains the master side so everything drawn can be inspected."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        self.stdin = os.fdopen(os.dup(self.slave), "r")
+        self.stdout = os.fdopen(os.dup(self.slave), "w")
+        self.modes = termios.tcgetattr(self.slave)
+        self._drawn = bytearray()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:                  # EIO: every slave descriptor is closed
+                return
+            if not chunk:
+                return
+            self._drawn += chunk
+
+    def drawn(self) -> str:
+        """What reached the terminal so far (waits for the drain to catch up)."""
+        self.stdout.flush()
+        time.sleep(0.2)
+        return self._drawn.decode(errors="replace")
+
+    def close(self) -> None:
+        for f in (self.stdin, self.stdout):
+            f.close()
+        os.close(self.slave)
+        self._reader.join(5)
+        os.close(self.master)
+
+
+ALT_SCREEN_ON, ALT_SCREEN_OFF, SHOW_CURSOR = "\x1b[?1049h", "\x1b[?1049l", "\x1b[?25h"
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """A pty for the test to put sys.stdin and sys.stdout on (capture takes them back
+    when the test body starts, so the test does it)."""
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    pty = PtyTerminal()
+    yield pty
+    pty.close()
+
+
+def test_live_failing_mid_stream_gives_the_terminal_back(fake, terminal, capsys, monkeypatch):
+    """The board is on the alternate screen with echo off when the source fails: the
+    shell gets its screen, cursor and echo back, and the error is still one line, exit 1."""
+    monkeypatch.setattr(sys, "stdin", terminal.stdin)          # as when run from a shell
+    monkeypatch.setattr(sys, "stdout", terminal.stdout)
+    fake.fail_poll = TracerError("the ring buffer vanished", "restart the tracer")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["live"])
+    _, err = capsys.readouterr()
+    assert exc.value.code == 1, err
+    assert err == "tracer: the ring buffer vanished: restart the tracer\n"
+    assert fake.created[0].closed
+    assert termios.tcgetattr(terminal.slave) == terminal.modes       # echo and line mode
+    drawn = terminal.drawn()
+    assert ALT_SCREEN_ON in drawn
+    assert ALT_SCREEN_OFF in drawn[drawn.rindex(ALT_SCREEN_ON):]
+    assert SHOW_CURSOR in drawn[drawn.rindex(ALT_SCREEN_ON):]
+
+
+def board_on(terminal: PtyTerminal) -> Dashboard:
+    console = Console(file=terminal.stdout, force_terminal=True, width=100, height=30)
+    return Dashboard(console, on_quit=lambda: None, keyboard=terminal.stdin)
+
+
+def test_the_board_gives_the_terminal_back_when_the_stream_fails(terminal):
+    """run() closes the sink on an error between the session line and the end line."""
+    class FailingSource(FakeLiveSource):
+        def poll(self, timeout: float) -> list[Event]:
+            self.polls += 1
+            if self.polls == 4:
+                raise TracerError("the ring buffer vanished", "restart the tracer")
+            time.sleep(timeout)
+            return [EVENT]
+
+    source = FailingSource(RefusalFilter(), None)
+    board = board_on(terminal)
+    with pytest.raises(TracerError, match="ring buffer vanished"):
+        stream.run(source, board, periodic=0.1, poll_interval=0.05)
+    assert source.closed
+    assert termios.tcgetattr(terminal.slave) == terminal.modes
+    drawn = terminal.drawn()
+    assert "10.1.2.3" in drawn                             # the board was up
+    assert ALT_SCREEN_OFF in drawn[drawn.rindex(ALT_SCREEN_ON):]
+    board.close()                                          # twice: nothing more happens
+    assert terminal.drawn() == drawn
+
+
+def test_closing_a_board_that_never_started_touches_nothing(terminal):
+    board = board_on(terminal)
+    board.close()
+    board.close()
+    assert termios.tcgetattr(terminal.slave) == terminal.modes
+    assert terminal.drawn() == ""

@@ -1,5 +1,6 @@
 """stream.run(): record order, --duration from the session line, stop and tally-now flags,
-and the source always closed. A scripted fake clock makes the loop deterministic."""
+the sink's hooks, and the sink and source always closed. A scripted fake clock makes the
+loop deterministic."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from tracer import stream
 from tracer.errors import EnvironmentProblem
 from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally
-from tracer.stream import StopFlags, run
+from tracer.recording import Recording
+from tracer.replay import ReplaySource
+from tracer.stream import Sink, Source, SourceFinished, StopFlags, run
 
 SESSION = Session(host="h", kernel="6.18.44", started=1.0, tracer="0.1.0",
                   kinds={"syn_drop": KindAvailability(True, "skb:consume_skb")}, sysctls={})
@@ -31,17 +34,19 @@ class FakeClock:
         return self.now
 
 
-class FakeSource:
+class FakeSource(Source):
     """Yields scripted batches; each poll advances the fake clock by `step` seconds.
 
-    script: poll number (1-based) -> callable run during that poll (to set flags).
+    script: poll number (1-based) -> callable run during that poll (to set flags, or raise).
+    tally_takes: fake seconds each tally() takes.
     """
 
     def __init__(self, batches=(), *, clock: FakeClock | None = None, step: float = 0.0,
                  start_takes: float = 0.0, fail_start: Exception | None = None,
-                 settle=(), script=None) -> None:
+                 settle=(), script=None, tally_takes: float = 0.0) -> None:
         self.batches = [list(b) for b in batches]
         self.clock, self.step, self.start_takes = clock, step, start_takes
+        self.tally_takes = tally_takes
         self.fail_start = fail_start
         self.settle_events = list(settle)
         self.script = script or {}
@@ -73,6 +78,8 @@ class FakeSource:
 
     def tally(self) -> Tally:
         self.calls.append("tally")
+        if self.clock:
+            self.clock.now += self.tally_takes
         return Tally(ts=float(self.polls), rows=[], lost=self.polls)
 
     def counters(self) -> Counters:
@@ -83,14 +90,18 @@ class FakeSource:
         self.calls.append("end")
         return End(ts=9.0, lost=0, counters=[])
 
+    def release_memory(self) -> None:
+        self.calls.append("release_memory")
+
     def close(self) -> None:
         self.calls.append("close")
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     def __init__(self) -> None:
         self.seen: list[str] = []
         self.records: list[object] = []
+        self.closed = 0
 
     def session(self, s):
         self.seen.append("session")
@@ -111,6 +122,9 @@ class RecordingSink:
     def end(self, e):
         self.seen.append("end")
         self.records.append(e)
+
+    def close(self):
+        self.closed += 1
 
 
 @pytest.fixture
@@ -251,3 +265,102 @@ def test_a_sink_with_tick_gets_one_after_every_poll(clock):
     sink = TickingSink()
     run(src, sink, duration=2.0)
     assert sink.seen == ["session", "event 10.0.0.1", "tick", "tick", "tally@2", "end"]
+
+
+def test_a_slow_tally_hands_memory_back_and_a_fast_one_does_not(clock):
+    slow = FakeSource(clock=clock, step=1.0, tally_takes=0.5)
+    run(slow, RecordingSink(), duration=2.0, periodic=1.0)
+    fast = FakeSource(clock=clock, step=1.0)
+    run(fast, RecordingSink(), duration=2.0, periodic=1.0)
+    assert slow.calls.count("release_memory") == 1 and "release_memory" not in fast.calls
+
+
+# ---------------------------------------------------------------- closing
+
+def test_the_sink_is_closed_after_the_end_line_then_the_source(clock):
+    src = FakeSource([[ev(1)]], clock=clock, step=1.0)
+
+    class Order(RecordingSink):
+        def close(self):
+            self.seen.append("close")
+            src.calls.append("sink closed")
+
+    sink = Order()
+    run(src, sink, duration=1.0)
+    assert sink.seen[-2:] == ["end", "close"]
+    assert src.calls[-2:] == ["sink closed", "close"]
+
+
+def test_the_sink_is_closed_when_start_raises():
+    src, sink = FakeSource(fail_start=EnvironmentProblem("no BPF", "run as root")), RecordingSink()
+    with pytest.raises(EnvironmentProblem):
+        run(src, sink)
+    assert (sink.seen, sink.closed, src.calls) == ([], 1, ["start", "close"])
+
+
+def test_the_sink_is_closed_when_the_source_fails_mid_stream(clock):
+    def fail():
+        raise OSError("ring buffer gone")
+
+    src, sink = FakeSource([[ev(1)], [ev(2)]], script={2: fail}), RecordingSink()
+    with pytest.raises(OSError, match="ring buffer gone"):
+        run(src, sink)
+    assert sink.seen == ["session", "event 10.0.0.1"]
+    assert sink.closed == 1 and src.calls[-1] == "close"
+
+
+def test_a_sink_failing_to_close_after_an_error_does_not_hide_that_error(clock):
+    def fail():
+        raise OSError("ring buffer gone")
+
+    class BadClose(RecordingSink):
+        def close(self):
+            raise RuntimeError("terminal gone too")
+
+    src = FakeSource([[ev(1)]], script={1: fail})
+    with pytest.raises(OSError, match="ring buffer gone"):
+        run(src, BadClose())
+    assert src.calls[-1] == "close"
+
+
+def test_a_sink_failing_to_close_after_a_normal_end_is_the_error(clock):
+    class BadClose(RecordingSink):
+        def close(self):
+            raise EnvironmentProblem("the disk is full", "free some space")
+
+    src = FakeSource(clock=clock, step=1.0)
+    with pytest.raises(EnvironmentProblem):
+        run(src, BadClose(), duration=1.0)
+    assert src.calls[-1] == "close"
+
+
+# ---------------------------------------------------------------- finite sources
+
+def test_a_finished_source_ends_the_stream_like_a_stop(clock):
+    class Finite(FakeSource):
+        def poll(self, timeout):
+            if not self.batches:
+                raise SourceFinished
+            return super().poll(timeout)
+
+    src, sink = Finite([[ev(1)], [ev(2)]], settle=[ev(3)]), RecordingSink()
+    run(src, sink)
+    assert sink.seen == ["session", "event 10.0.0.1", "event 10.0.0.2", "event 10.0.0.3",
+                         "tally@2", "end"]
+    assert sink.closed == 1 and src.calls[-1] == "close"
+
+
+def test_a_replay_finishes_unless_it_holds_at_the_end():
+    def replay(**kwargs) -> ReplaySource:
+        recording = Recording(path="r.ndjson", session=SESSION.to_json(),
+                              event_lines=[ev(1).json_line().encode(),
+                                           ev(2).json_line().encode()])
+        source = ReplaySource(recording, speed=0, **kwargs)
+        source.start()
+        assert source.poll(0.01) == [ev(1), ev(2)]
+        return source
+
+    with pytest.raises(SourceFinished):
+        replay().poll(0.01)
+    held = replay(hold_at_end=True)
+    assert held.poll(0.01) == [] and held.poll(0.01) == []

@@ -17,6 +17,7 @@ import tty
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -28,6 +29,7 @@ from rich.text import Text
 from tracer.leaderboard import Leaderboard
 from tracer.model import Category, Counters, End, Event, KindAvailability, Session, Tally
 from tracer.reconcile import Attribution, attribute
+from tracer.stream import Sink
 
 
 def _clock(ts: float) -> str:
@@ -157,7 +159,7 @@ def render(state: DashboardState, width: int, height: int) -> RenderableType:
 class KeyReader:
     """Single keys from the terminal (cbreak mode) on a thread, restored on stop."""
 
-    def __init__(self, on_key: Callable[[str], None], stream=None) -> None:
+    def __init__(self, on_key: Callable[[str], None], stream: TextIO | None = None) -> None:
         self.on_key = on_key
         self.stream = stream or sys.stdin
         self._stop = threading.Event()
@@ -183,24 +185,30 @@ class KeyReader:
                     self.on_key(ch)
 
     def stop(self) -> None:
+        """Stop reading and give the terminal its modes back (twice, or unstarted: no-op)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=1)
+            self._thread = None
         if self._saved is not None:
             termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self._saved)
             self._saved = None
 
 
-class Dashboard:
-    """Sink: feeds DashboardState from the stream and redraws it on every tally."""
+class Dashboard(Sink):
+    """Sink: feeds DashboardState from the stream and redraws it on every tally.
+
+    keyboard: where keys are read (stdin unless given).
+    """
 
     def __init__(self, console: Console, on_quit: Callable[[], None], filters: str = "",
-                 source: str = "live", partial_view: bool = False) -> None:
+                 source: str = "live", partial_view: bool = False,
+                 keyboard: TextIO | None = None) -> None:
         self.console = console
         self.state = DashboardState(filters=filters, source=source, partial_view=partial_view)
         self._on_quit = on_quit
         self._live: Live | None = None
-        self._keys = KeyReader(self._key)
+        self._keys = KeyReader(self._key, keyboard)
         self._events_since = 0
         self._last_tally: float | None = None
         self._kind_counts: Counter = Counter()
@@ -282,7 +290,12 @@ class Dashboard:
         self.redraw()
 
     def end(self, e: End) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the terminal back: main screen, cursor, echo and line mode (also after an
+        error, before session(), or twice)."""
         self._keys.stop()
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()

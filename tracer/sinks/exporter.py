@@ -28,8 +28,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from tracer.errors import TracerError, UsageError
 from tracer.filters import RefusalFilter, subnet_of
-from tracer.model import KIND_LABELS, Counters, End, Event, Session, Tally, TallyRow
+from tracer.model import KIND_LABELS, Counters, End, Session, Tally, TallyRow
 from tracer.sinks.printer import endpoint
+from tracer.stream import Sink
 
 OTHER = "other"
 DEFAULT_TOP_PEERS = 50
@@ -156,8 +157,9 @@ class Snapshot:
     counters: Counters | None = None
 
 
-class Exporter:
-    """A sink that keeps the latest snapshot; its `registry` serves it as metrics."""
+class Exporter(Sink):
+    """A sink that keeps the latest snapshot; its `registry` serves it as metrics (built
+    from the exact tally: events change nothing)."""
 
     def __init__(self, top_peers: int = DEFAULT_TOP_PEERS, subnet: bool = False,
                  selection: RefusalFilter | None = None) -> None:
@@ -173,9 +175,6 @@ class Exporter:
     # The stream (called from the main thread) -----------------------------------
     def session(self, s: Session) -> None:
         self.snapshot = Snapshot(s, self.snapshot.tally, self.snapshot.counters)
-
-    def event(self, e: Event) -> None:
-        pass                           # metrics come from the exact tally, not from events
 
     def tally(self, t: Tally) -> None:
         self.snapshot = Snapshot(self.snapshot.session, t, self.snapshot.counters)

@@ -11,9 +11,10 @@ import time
 from typing import TextIO
 
 from tracer.model import KIND_INFO, Counters, End, Event, Session, Tally
+from tracer.stream import Sink
 
 
-class JsonPrinter:
+class JsonPrinter(Sink):
     """The machine contract: one JSON object per line, in stream order."""
 
     def __init__(self, out: TextIO) -> None:
@@ -50,7 +51,7 @@ ROW = "{:<8} {:<14} {:<21} > {:<21} {:<17} {}"
 HEADER = ROW.format("TIME", "KIND", "PEER:PORT", "LOCAL:PORT", "REASON", "NETNS")
 
 
-class TextPrinter:
+class TextPrinter(Sink):
     """Human lines: a start banner with kind availability, a header row, a row per event."""
 
     def __init__(self, out: TextIO, status: TextIO) -> None:
@@ -90,9 +91,6 @@ class TextPrinter:
             self.out.write(f"  {row.count:>8}  {row.kind.label:<14} {row.peer}  "
                            f"netns {row.netns}  {KIND_INFO[row.kind].summary}\n")
         self.out.flush()
-
-    def counters(self, c: Counters) -> None:
-        pass
 
     def end(self, e: End) -> None:
         moved = [c for c in e.counters if c.delta]

@@ -20,6 +20,7 @@ from typing import IO, TextIO
 
 from tracer.errors import TracerError, UsageError
 from tracer.model import Counters, End, Event, Session, Tally
+from tracer.stream import Sink
 
 
 def open_recording(path: str, force: bool = False) -> IO[bytes]:
@@ -42,7 +43,7 @@ def open_recording(path: str, force: bool = False) -> IO[bytes]:
     return os.fdopen(fd, "wb", buffering=0)
 
 
-class Recorder:
+class Recorder(Sink):
     """Sink writing NDJSON (gzip when the name ends in .gz), with a status line on stderr."""
 
     def __init__(self, path: str, force: bool = False, status: TextIO | None = None,
