@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tracer.lab import CLIENTS4, CLIENTS6, SERVER4, SERVER6, SPOOF4, Lab, run
+from tracer.lab import CLIENTS4, CLIENTS6, SERVER4, SERVER6, SPOOF4, Lab
 from tracer.packets import ACK, PSH, SYN, Segment, tcp_options
 
 OFFICE = tuple(f"10.213.7.{i}" for i in range(10, 30))     # the "office" behind one NAT
@@ -190,8 +190,7 @@ def stale_timestamps(lab: Lab, stop: threading.Event) -> None:
 
 def bad_echo_server(lab: Lab, stop: threading.Event) -> None:
     """A server answers our connects with impossible timestamp echoes: paws_active."""
-    run("ip", "neigh", "replace", GHOST, "lladdr", lab.smac, "dev", "c0", "nud", "permanent",
-        ns=lab.cli)
+    lab.add_neighbour(lab.cli, GHOST, lab.smac)
     answer = lab.server_wire()
     socks: list[socket.socket] = []
     try:

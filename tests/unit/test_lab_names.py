@@ -23,7 +23,7 @@ def test_remove_stale_deletes_only_its_own_dead_leftovers(monkeypatch):
     ]
     deleted = []
     monkeypatch.setattr(lab.os, "listdir", lambda path: names)
-    monkeypatch.setattr(lab, "run", lambda *cmd, **kw: deleted.append(cmd[-1]))
+    monkeypatch.setattr(lab, "remove_netns", deleted.append)
     lab.remove_stale("trdemo")
     assert deleted == ["trdemo-999999-demo-srv", "trdemo-999999-demo-cli"]
 
