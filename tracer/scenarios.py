@@ -241,6 +241,8 @@ class Demo:
             t.start()
 
     def close(self) -> None:
+        """Stop the scenes and wait for them; also fine when tracing failed before start()."""
         self.stop.set()
         for t in self.threads:
-            t.join(timeout=5)
+            if t.ident is not None:
+                t.join(timeout=5)
