@@ -11,28 +11,10 @@
 #ifndef REFUSAL_H
 #define REFUSAL_H
 
-/* Kind ids: the values of tracer.model.Kind. */
-#define KIND_SYN_DROP       1
-#define KIND_ACK_DROP       2
-#define KIND_SYN_COOKIE     3
-#define KIND_COOKIE_FAIL    4
-#define KIND_SYNACK_RETRANS 5
-#define KIND_TW_REUSE_OUT   6
-#define KIND_TW_REUSE_IN    7
-#define KIND_TW_PAWS        8
-#define KIND_PAWS           9
-#define KIND_PAWS_ACTIVE    10
-#define KIND_MAX            16
-/* Not a refusal: withdraws a syn_drop that turned out to be answered late (ARP/ND). */
-#define RECORD_RETRACT      15
-
-/* Reasons the kernel has no drop-reason name for (syn_drop): which queue was full. */
-#define REASON_NONE              0xffffffff
-#define REASON_ACCEPT_QUEUE_FULL 0x10001
-#define REASON_SYN_QUEUE_FULL    0x10002
-
-/* Event flags. */
-#define EVF_PENDING 1   /* syn_drop whose SYN-ACK may still leave after ARP/ND: hold it */
+/* Kind ids (KIND_*, KIND_MAX), the retraction record (RECORD_RETRACT), event flags (EVF_*),
+ * the reasons the kernel has no name for (REASON_NONE, REASON_ACCEPT_QUEUE_FULL,
+ * REASON_SYN_QUEUE_FULL) and the stats slots (STAT_*) all come as defines from
+ * tracer/kinds.py and tracer/probe/abi.py: declared once, in Python. */
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -77,12 +59,6 @@ struct segment {
     u8  flags;         /* TCP flags byte */
     unsigned long route;   /* skb->_skb_refdst of a received segment (segment_netns) */
 } __attribute__((aligned(8)));
-
-/* Statistics slots (per-CPU array "stats"). */
-#define STAT_LOST       0   /* ring buffer full: event not delivered */
-#define STAT_SUPPRESSED 1   /* held back by the events-per-second cap */
-#define STAT_INSERTS    2   /* new peer_counts entries (minus live entries = evicted) */
-#define STAT_MAX        4
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_TABLE("lru_percpu_hash", struct peer_key, u64, peer_counts, MAX_PEERS);
@@ -294,7 +270,7 @@ static __always_inline int rate_allows(void)
 }
 
 /* Never wake the reader: a wake-up per event costs microseconds under a flood. User space
- * drains the ring on a timer (every 50 ms), and the ring holds far more than that. */
+ * drains the ring between polls (every 100 ms), and the ring holds far more than that. */
 static __always_inline void submit(struct refusal_event *e)
 {
     events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);

@@ -406,7 +406,12 @@ static __always_inline int syn_on_retransmit_synack(void *lsk, struct segment *s
 {
     struct segment s = *sp;
     u32 netns = sk_netns(lsk);
+    u8 state = 0;
     if (lsk)
+        READ(state, lsk, OFF_SKC_STATE);
+    /* A Fast Open SYN-ACK is retransmitted by the child socket (SYN_RECV), not the
+     * listener: only a listener is learned, or children would fill its slots. */
+    if (state == ST_LISTEN)
         learn_listener(lsk, netns);
     /* The answer slot now holds this retransmission, not an answer to a new SYN. */
     u32 z = 0;

@@ -2,12 +2,14 @@
  * tracepoints that dispatches to them. The TRACEPOINT_PROBEs must live in this file (bcc
  * generates their argument structs only for the main file); they read the tracepoint
  * fields and pass plain values on. tracer/probe/load.py passes every OFF_* (BTF offsets),
- * R_* (drop reasons), SYM_* (symbol ranges), FAMILY_* and tuning define, and bundles the
- * local includes into one text.
+ * R_* (drop reasons), SYM_* (symbol ranges), KIND_* and STAT_* (tracer/kinds.py,
+ * tracer/probe/abi.py), FAMILY_*, USE_TP_* and tuning define, and bundles the local
+ * includes into one text.
  *
- * Only the families of the selected kinds are built, so a hot tracepoint is attached only
- * when a selected kind needs it. FAMILY_SYN is on whenever timewait is: tw_reuse_in is
- * decided by the same SYN-consume logic.
+ * Which families are built (FAMILY_*) and which probes below exist (USE_TP_*) follow from
+ * the methods tracer/kinds.py declares for the selected kinds and this kernel: a hot
+ * tracepoint is attached only when a selected kind needs it, and a tracepoint or field
+ * this kernel lacks is never compiled against.
  *
  * Every handler returns 0: a non-zero return sends the event on to perf (~500 ns).
  */
@@ -27,7 +29,7 @@
 #include "paws.c"
 #endif
 
-#if FAMILY_SYN
+#if USE_TP_NET_NET_DEV_QUEUE
 /* Every packet handed to a device. SYN-ACKs are short: the tracepoint's own len field
  * rejects data segments before any memory read, and the first read (the skb's fields)
  * rejects the ACKs of established connections by their destructor. */
@@ -38,19 +40,23 @@ TRACEPOINT_PROBE(net, net_dev_queue)
     syn_on_dev_queue(args->skbaddr);
     return 0;
 }
+#endif
 
+#if USE_TP_NEIGH_NEIGH_EVENT_SEND_DONE
 TRACEPOINT_PROBE(neigh, neigh_event_send_done)
 {
     if (args->err)
         syn_on_neigh_deferred();
     return 0;
 }
+#endif
 
+#if USE_TP_SKB_CONSUME_SKB
 /* Every freed packet: reject on the caller's address before any memory read. A raw
  * tracepoint, because the perf form first copies the arguments into a trace record, which
  * costs ~15 ns on every consume_skb in the kernel. Its arguments are those of
- * TP_PROTO(struct sk_buff *skb, void *location) (Linux 6.3+; the syn family is built only
- * where the tracefs format has `location`). */
+ * TP_PROTO(struct sk_buff *skb, void *location) (Linux 6.3+; tracer/kinds.py requires the
+ * tracefs format's `location` field for every method that uses it). */
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
     u64 loc = ctx->args[1];
@@ -59,7 +65,9 @@ RAW_TRACEPOINT_PROBE(consume_skb)
     syn_on_consume((void *)ctx->args[0]);
     return 0;
 }
+#endif
 
+#if USE_TP_TCP_TCP_RETRANSMIT_SYNACK
 TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
 {
     struct segment s = {};
@@ -77,7 +85,9 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack)
     syn_on_retransmit_synack((void *)args->skaddr, &s);
     return 0;
 }
+#endif
 
+#if USE_TP_SOCK_INET_SOCK_SET_STATE
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != IPPROTO_TCP)
@@ -86,12 +96,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->oldstate == ST_CLOSE && args->newstate == ST_SYN_SENT)
         return tw_on_connect(args->family, args->dport, args->daddr, args->daddr_v6);
 #endif
+#if FAMILY_SYN
     syn_on_set_state((void *)args->skaddr, args->oldstate, args->newstate);
+#endif
     return 0;
 }
-#endif /* FAMILY_SYN */
+#endif
 
-#if FAMILY_SYN || FAMILY_PAWS
+#if USE_TP_SKB_KFREE_SKB
 /* Dropped packets with a reason: only the few reasons that can be a refusal get past the
  * first comparison. */
 TRACEPOINT_PROBE(skb, kfree_skb)
@@ -127,7 +139,7 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 }
 #endif
 
-#if FAMILY_TIMEWAIT
+#if USE_TP_TIMER_TIMER_CANCEL
 /* Every cancelled timer in the kernel: reject on the handler before anything else. */
 TRACEPOINT_PROBE(timer, timer_cancel)
 {

@@ -19,7 +19,7 @@ from tracer import __version__
 from tracer.errors import TracerError, UsageError
 from tracer.filters import RefusalFilter
 from tracer.kernel.netns import resolve_netns
-from tracer.model import KIND_LABELS
+from tracer.kinds import KIND_LABELS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -91,7 +91,7 @@ def watch(as_json: bool, duration: float | None, interval: float, max_eps: int,
     from tracer.stream import StopFlags, run
 
     selection = build_selection(**filters)
-    sink = JsonPrinter(sys.stdout) if as_json else TextPrinter(sys.stdout, sys.stderr)
+    sink = JsonPrinter(sys.stdout) if as_json else TextPrinter(sys.stdout)
     flags = StopFlags()
     flags.install()
     source = LiveSource(selection, Tuning(max_events_per_second=max_eps))

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracer.kernel.counters import COUNTER_MEANINGS, counted_kinds
 from tracer.kernel.host_sample import HostSample, ListenerSample
+from tracer.kinds import Kind
+
+# The kinds a full listener refuses with.
+LISTENER_KINDS = (Kind.SYN_DROP, Kind.ACK_DROP)
 
 # Every sysctl doctor shows, with what it does to refusals (described once; the text view
 # and the JSON both use it).
@@ -35,20 +40,11 @@ SYSCTL_MEANINGS: dict[str, str] = {
                                "clients behind NAT (removed in Linux 4.12)",
 }
 
-# The kernel counters doctor shows: the kinds each one counts and what it means.
-COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
-    "ListenOverflows": (("syn_drop", "ack_drop"), "SYNs/ACKs dropped: accept queue full"),
-    "ListenDrops": (("syn_drop", "ack_drop"), "every SYN/ACK a listener dropped"),
-    "TCPReqQFullDrop": (("syn_drop",), "SYNs dropped: SYN queue full, no cookies"),
-    "SyncookiesSent": (("syn_cookie",), "SYNs answered with a cookie (SYN queue full)"),
-    "SyncookiesFailed": (("cookie_fail",), "ACKs with an invalid cookie"),
-    "PAWSTimewait": (("tw_paws",), "SYNs refused by a TIME-WAIT timestamp check"),
-    "PAWSEstab": (("paws",), "segments dropped by PAWS on a connection"),
-    "PAWSActive": (("paws_active",), "SYN-ACKs refused by a connecting socket (PAWS)"),
-    "TWRecycled": (("tw_reuse_out",), "connect() took over a TIME-WAIT port"),
-    "TCPTimeWaitOverflow": ((), "closes that skipped TIME-WAIT: tcp_max_tw_buckets full"),
-    "TCPSynRetrans": (("synack_retrans",), "SYN and SYN-ACK retransmissions"),
-}
+# The kernel counters doctor shows (their meanings: tracer.kernel.counters; the kinds each
+# one counts: the kind declarations).
+SHOWN_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent",
+                  "SyncookiesFailed", "PAWSTimewait", "PAWSEstab", "PAWSActive", "TWRecycled",
+                  "TCPTimeWaitOverflow", "TCPSynRetrans")
 
 SEVERITIES = ("problem", "warning", "note")
 
@@ -87,8 +83,12 @@ def _rate(sample: HostSample, name: str) -> str:
     return f"+{rate:,.0f}/s" if rate >= 10 else f"+{delta} in {round(sample.seconds, 1):g} s"
 
 
-def _live(netns_arg: str | None, *args: str) -> str:
-    parts = ["tracer live", *args]
+def _live(netns_arg: str | None, *kinds: Kind, port: int | None = None) -> str:
+    """The `tracer live` command that shows the peers of these kinds."""
+    parts = ["tracer live"]
+    if port is not None:
+        parts += ["-P", str(port)]
+    parts += [f"--kind {k.label}" for k in kinds]
     if netns_arg:
         parts.append(f"--netns {netns_arg}")
     return " ".join(parts)
@@ -121,7 +121,7 @@ def _listener_findings(sample: HostSample, netns_arg: str | None) -> list[Findin
             "accept_queue_full", "problem",
             f"{ln.endpoint}{_owner(ls)}: {state}{counted}: the application is not accepting "
             "fast enough, or its backlog is too small", fix,
-            _live(netns_arg, "-P", str(ln.port), "--kind syn_drop --kind ack_drop")))
+            _live(netns_arg, *LISTENER_KINDS, port=ln.port)))
     for ls in sample.listeners:
         ln = ls.now
         if ln.full or ls.full_during or ln.backlog < 16 or ls.peak_queued * 10 < ln.backlog * 9:
@@ -131,62 +131,20 @@ def _listener_findings(sample: HostSample, netns_arg: str | None) -> list[Findin
             f"{ln.endpoint}{_owner(ls)}: accept queue at {ls.peak_queued}/{ln.backlog} "
             "during the sample: close to refusing connections",
             "raise the listen() backlog, or make the application accept faster",
-            _live(netns_arg, "-P", str(ln.port), "--kind syn_drop --kind ack_drop")))
+            _live(netns_arg, *LISTENER_KINDS, port=ln.port)))
     return out
 
 
-@dataclass(frozen=True)
-class MovingCounter:
-    """A finding that is only a counter moving during the sample: what it means, the fix,
-    and the kind whose peers `tracer live` should show."""
-
-    counter: str
-    id: str
-    severity: str
-    meaning: str
-    fix: str
-    kind: str
-
-
-MOVING_COUNTERS = (
-    MovingCounter("PAWSTimewait", "tw_paws", "problem",
-                  "new SYNs refused by TIME-WAIT sockets because their timestamps are older: "
-                  "clients behind a shared NAT address, or a middlebox rewriting timestamps",
-                  "find the peers below; check their NAT or timestamp-rewriting middlebox",
-                  "tw_paws"),
-    MovingCounter("SyncookiesSent", "syncookies_sent", "warning",
-                  "SYN queues overflow (a SYN flood, or backlogs too small); cookie "
-                  "handshakes can lose TCP options",
-                  "raise net.ipv4.tcp_max_syn_backlog and the listen() backlog if this is not "
-                  "a flood", "syn_cookie"),
-    MovingCounter("SyncookiesFailed", "cookie_fail", "warning",
-                  "ACKs carried an invalid SYN cookie (answered with RST)",
-                  "look at the peers: spoofed ACKs, or handshakes older than two minutes",
-                  "cookie_fail"),
-    MovingCounter("PAWSEstab", "paws_estab", "warning",
-                  "segments of open connections dropped because their timestamps went back",
-                  "look for a NAT or middlebox rewriting timestamps between you and these "
-                  "peers", "paws"),
-    MovingCounter("PAWSActive", "paws_active", "warning",
-                  "SYN-ACKs refused by this host's own connecting sockets (timestamps went "
-                  "back)", "check the servers (peers below) and what sits between",
-                  "paws_active"),
-    MovingCounter("TWRecycled", "tw_reuse_out", "note",
-                  "local connect() took over TIME-WAIT ports: this host is short of "
-                  "ephemeral ports toward some servers",
-                  "reuse connections (keep-alive, pooling), or widen "
-                  "net.ipv4.ip_local_port_range", "tw_reuse_out"),
-    MovingCounter("TCPSynRetrans", "syn_retrans", "note",
-                  "SYNs or SYN-ACKs were retransmitted: handshakes lose packets",
-                  "see which peers do not complete their handshake", "synack_retrans"),
-)
-
-
-def _moving_counter_findings(sample: HostSample, netns_arg: str | None,
-                             counters: tuple[MovingCounter, ...]) -> list[Finding]:
-    return [Finding(c.id, c.severity, f"{c.counter} {_rate(sample, c.counter)}: {c.meaning}",
-                    c.fix, _live(netns_arg, f"--kind {c.kind}"))
-            for c in counters if sample.delta(c.counter) > 0]
+def _moving_counter_findings(sample: HostSample, netns_arg: str | None) -> list[Finding]:
+    """A finding per kind whose declared counter moved during the sample."""
+    out = []
+    for kind in Kind:
+        c = kind.spec.finding
+        if c is not None and sample.delta(c.counter) > 0:
+            out.append(Finding(c.id, c.severity,
+                               f"{c.counter} {_rate(sample, c.counter)}: {c.meaning}", c.fix,
+                               _live(netns_arg, kind)))
+    return out
 
 
 def diagnose(sample: HostSample, netns_arg: str | None = None) -> list[Finding]:
@@ -199,7 +157,7 @@ def diagnose(sample: HostSample, netns_arg: str | None = None) -> list[Finding]:
             "net.ipv4.tcp_tw_recycle=1: SYNs whose timestamps go back are refused per host, "
             "so clients behind one NAT address refuse each other",
             "sysctl -w net.ipv4.tcp_tw_recycle=0 (and remove it from /etc/sysctl.d)",
-            _live(netns_arg, "--kind tw_paws")))
+            _live(netns_arg, Kind.TW_PAWS)))
     found += _listener_findings(sample, netns_arg)
     syncookies = _int(s, "net.ipv4.tcp_syncookies")
     full_seen = any(f.id == "accept_queue_full" for f in found)
@@ -209,7 +167,7 @@ def diagnose(sample: HostSample, netns_arg: str | None = None) -> list[Finding]:
             f"ListenOverflows {_rate(sample, 'ListenOverflows')}, but no listener was seen "
             "full when polled every 100 ms: short bursts fill an accept queue",
             "find the port with the command below, then raise its listen() backlog or "
-            "accept faster", _live(netns_arg, "--kind syn_drop --kind ack_drop")))
+            "accept faster", _live(netns_arg, *LISTENER_KINDS)))
     if sample.delta("TCPReqQFullDrop") > 0:
         backlog = _int(s, "net.ipv4.tcp_max_syn_backlog")
         found.append(Finding(
@@ -218,20 +176,19 @@ def diagnose(sample: HostSample, netns_arg: str | None = None) -> list[Finding]:
             f"queue is full and tcp_syncookies={syncookies}",
             "set net.ipv4.tcp_syncookies=1, or raise net.ipv4.tcp_max_syn_backlog "
             f"(now {backlog}) and the listen() backlog",
-            _live(netns_arg, "--kind syn_drop")))
+            _live(netns_arg, Kind.SYN_DROP)))
     if sample.delta("TCPTimeWaitOverflow") > 0:
         found.append(Finding(
             "tw_buckets_full", "problem",
             f"TCPTimeWaitOverflow {_rate(sample, 'TCPTimeWaitOverflow')}: the TIME-WAIT table "
             f"is full (tcp_max_tw_buckets={_int(s, 'net.ipv4.tcp_max_tw_buckets')}), closes "
             "skip TIME-WAIT", "raise net.ipv4.tcp_max_tw_buckets, or reuse connections"))
-    found += _moving_counter_findings(sample, netns_arg, MOVING_COUNTERS[:5])
+    found += _moving_counter_findings(sample, netns_arg)
     if syncookies == 0 and not any(f.id == "syn_queue_drops" for f in found):
         found.append(Finding(
             "syncookies_off", "warning",
             "net.ipv4.tcp_syncookies=0: a full SYN queue drops SYNs silently",
             "sysctl -w net.ipv4.tcp_syncookies=1"))
-    found += _moving_counter_findings(sample, netns_arg, MOVING_COUNTERS[5:])
     if _int(s, "net.ipv4.tcp_abort_on_overflow") == 1:
         found.append(Finding(
             "abort_on_overflow", "note",
@@ -289,12 +246,13 @@ def sysctl_rows(sample: HostSample, release: tuple[int, int, int]) -> list[dict]
 def counter_rows(sample: HostSample) -> list[dict]:
     """One row per counter: since boot, over the sample, per second, the kinds it counts."""
     rows = []
-    for name, (kinds, meaning) in COUNTERS.items():
+    for name in SHOWN_COUNTERS:
         rate = sample.rate(name)
         rows.append({"name": name, "since_boot": sample.counters_end.get(name, 0),
                      "during_sample": sample.delta(name),
                      "per_second": round(rate, 2) if rate is not None else None,
-                     "kinds": list(kinds), "meaning": meaning})
+                     "kinds": [k.label for k in counted_kinds(name)],
+                     "meaning": COUNTER_MEANINGS[name]})
     return rows
 
 

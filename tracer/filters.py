@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracer.errors import UsageError
-from tracer.model import KIND_LABELS, Event, Kind
+from tracer.kinds import KIND_LABELS, Kind
+from tracer.model import Event
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tracer.filters import subnet_of
-from tracer.model import Category, Kind, Tally
+from tracer.kinds import Category, Kind
+from tracer.model import Tally
 
 SORTS = ("rate", "total", "last")
 
@@ -82,7 +83,6 @@ class Leaderboard:
         self._prev: dict[str, int] = {}
         self._rates: dict[str, float] = {}
         self._prev_ts: float | None = None
-        self.totals: Counter[Kind] = Counter()
         self.lost = 0
         self.suppressed = 0
         self.evicted = 0
@@ -131,7 +131,6 @@ class Leaderboard:
         self._counts, self._seen, self._prev, self._rates = u.counts, u.seen, u.prev, u.rates
         self._peers_in_tally = u.peers_in_tally
         self._ports = t.ports                      # read only for the rows shown
-        self.totals = Counter({Kind.from_label(k): v for k, v in t.totals.items()})
         self.lost, self.suppressed, self.evicted = t.lost, t.suppressed, t.evicted
         self._prev_ts = t.ts
         self._version += 1

@@ -1,103 +1,14 @@
-"""The stream's vocabulary: refusal kinds and the records a source yields to its sinks.
+"""The stream's records: what a source yields to its sinks, and their JSON lines.
 
-Every kind is described once here (name, category, what it means for an operator); the
-printer, the JSON lines and later the dashboard and exporters all read these descriptions.
+The kinds a record names are declared in tracer.kinds.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-
-class Category(enum.StrEnum):
-    """The three families of refusal (DESIGN.md)."""
-
-    SYN = "syn"
-    TIMEWAIT = "timewait"
-    PAWS = "paws"
-
-
-@dataclass(frozen=True)
-class KindInfo:
-    """What one kind means: its stable name, category, whether the peer is told, and why."""
-
-    name: str
-    category: Category
-    silent: bool
-    summary: str
-
-
-class Kind(enum.Enum):
-    """A refusal kind; `value` is its numeric id shared with bpf/refusal.h."""
-
-    SYN_DROP = 1
-    ACK_DROP = 2
-    SYN_COOKIE = 3
-    COOKIE_FAIL = 4
-    SYNACK_RETRANS = 5
-    TW_REUSE_OUT = 6
-    TW_REUSE_IN = 7
-    TW_PAWS = 8
-    PAWS = 9
-    PAWS_ACTIVE = 10
-
-    @property
-    def info(self) -> KindInfo:
-        return KIND_INFO[self]
-
-    @property
-    def label(self) -> str:
-        """The stable name used in JSON, files and metrics (`syn_drop`)."""
-        return KIND_INFO[self].name
-
-    @property
-    def category(self) -> Category:
-        return self.info.category
-
-    @classmethod
-    def from_label(cls, label: str) -> Kind:
-        try:
-            return cls[label.upper()]
-        except KeyError:
-            raise ValueError(f"unknown kind {label!r}") from None
-
-
-KIND_INFO: dict[Kind, KindInfo] = {
-    Kind.SYN_DROP: KindInfo(
-        "syn_drop", Category.SYN, True,
-        "SYN dropped by a listener (accept queue full, or SYN queue full with cookies off)"),
-    Kind.ACK_DROP: KindInfo(
-        "ack_drop", Category.SYN, True,
-        "handshake-completing ACK dropped because the accept queue was full"),
-    Kind.SYN_COOKIE: KindInfo(
-        "syn_cookie", Category.SYN, False,
-        "SYN answered with a SYN cookie because the SYN queue overflowed (options may be lost)"),
-    Kind.COOKIE_FAIL: KindInfo(
-        "cookie_fail", Category.SYN, False,
-        "ACK carried an invalid SYN cookie; answered with a RST"),
-    Kind.SYNACK_RETRANS: KindInfo(
-        "synack_retrans", Category.SYN, False,
-        "server retransmitted a SYN-ACK (the final ACK was lost or dropped)"),
-    Kind.TW_REUSE_OUT: KindInfo(
-        "tw_reuse_out", Category.TIMEWAIT, False,
-        "a local connect() took over a TIME-WAIT 4-tuple"),
-    Kind.TW_REUSE_IN: KindInfo(
-        "tw_reuse_in", Category.TIMEWAIT, False,
-        "a peer's SYN took over one of our TIME-WAIT sockets"),
-    Kind.TW_PAWS: KindInfo(
-        "tw_paws", Category.PAWS, True,
-        "SYN refused by a TIME-WAIT socket's timestamp check"),
-    Kind.PAWS: KindInfo(
-        "paws", Category.PAWS, True,
-        "segment of an established or half-open connection dropped by PAWS"),
-    Kind.PAWS_ACTIVE: KindInfo(
-        "paws_active", Category.PAWS, False,
-        "SYN-ACK refused by a connecting socket's timestamp check; a RST is sent"),
-}
-
-KIND_LABELS: tuple[str, ...] = tuple(k.label for k in Kind)
+from tracer.kinds import Category, Kind
 
 
 @dataclass(frozen=True)

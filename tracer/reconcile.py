@@ -1,38 +1,40 @@
-"""Which kernel counter each kind should account for, defined once for every view.
+"""Which kernel counter accounts for which kinds (from tracer.kinds), and how much of it
+the tracer attributed.
 
 The dashboard, the exporter and the tests compare a counter's delta with the tracer's own
-counts of the kinds listed here, so an operator can see whether the board is complete.
+counts of its kinds, so an operator can see whether the board is complete.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tracer.model import CounterDelta, Kind
+from tracer.kinds import Kind
+from tracer.model import CounterDelta
 
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """Counter `counter` equals (exact) or bounds (at_least) the sum of `kinds`."""
+    """Counter `counter` equals (exact) or bounds (not exact) the sum of `kinds`."""
 
     counter: str
     kinds: tuple[Kind, ...]
     exact: bool = True
-    meaning: str = ""
 
 
-RECONCILIATIONS: tuple[Reconciliation, ...] = (
-    Reconciliation("ListenDrops", (Kind.SYN_DROP, Kind.ACK_DROP), True,
-                   "SYNs and handshake ACKs dropped by listeners"),
-    Reconciliation("SyncookiesSent", (Kind.SYN_COOKIE,), True, "SYN cookies sent"),
-    Reconciliation("SyncookiesFailed", (Kind.COOKIE_FAIL,), True, "invalid SYN cookies"),
-    Reconciliation("TCPSynRetrans", (Kind.SYNACK_RETRANS,), False,
-                   "SYN and SYN-ACK retransmits (synack_retrans are the SYN-ACK part)"),
-    Reconciliation("TWRecycled", (Kind.TW_REUSE_OUT,), True, "TIME-WAITs reused by connect()"),
-    Reconciliation("PAWSTimewait", (Kind.TW_PAWS,), False,
-                   "segments refused by TIME-WAIT PAWS (SYNs are tw_paws)"),
-    Reconciliation("PAWSActive", (Kind.PAWS_ACTIVE,), True, "SYN-ACKs refused by PAWS"),
-)
+def reconciliations() -> tuple[Reconciliation, ...]:
+    """One per counter that some kind declares it reconciles with, in kind order; exact
+    only when every kind it counts says so."""
+    kinds: dict[str, list[Kind]] = {}
+    exact: dict[str, bool] = {}
+    for kind in Kind:
+        if (rec := kind.spec.reconciles) is not None:
+            kinds.setdefault(rec.counter, []).append(kind)
+            exact[rec.counter] = exact.get(rec.counter, True) and rec.exact
+    return tuple(Reconciliation(c, tuple(ks), exact[c]) for c, ks in kinds.items())
+
+
+RECONCILIATIONS = reconciliations()
 
 
 @dataclass(frozen=True)

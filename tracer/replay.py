@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 
+from tracer.kinds import Kind
 from tracer.model import (
     CounterDelta,
     Counters,
     End,
     Event,
-    Kind,
     KindAvailability,
     Session,
     Tally,

@@ -21,7 +21,7 @@ import pandas as pd
 
 from tracer.errors import TracerError, UsageError
 from tracer.filters import subnet_of
-from tracer.model import KIND_LABELS
+from tracer.kinds import KIND_LABELS
 from tracer.recording import Recording, read
 
 BY = ("peer", "subnet", "port", "kind", "minute")

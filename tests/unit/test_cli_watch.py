@@ -24,13 +24,12 @@ from rich.console import Console
 from tracer import cli, stream
 from tracer.errors import EnvironmentProblem, TracerError, UsageError
 from tracer.filters import RefusalFilter
+from tracer.kinds import KIND_LABELS, Kind
 from tracer.model import (
-    KIND_LABELS,
     CounterDelta,
     Counters,
     End,
     Event,
-    Kind,
     KindAvailability,
     Session,
     Tally,
@@ -48,7 +47,7 @@ EVENT = Event(1700000001.0, Kind.SYN_DROP, "10.1.2.3", 51514, "10.0.0.1", 443, 4
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
-class FakeLiveSource:
+class FakeLiveSource(stream.Source):
     """Records what the CLI asked for; yields one event, then asks the loop to stop."""
 
     created: list[FakeLiveSource] = []

@@ -20,17 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tracer import cli
 from tracer.errors import TracerError, UsageError
 from tracer.filters import RefusalFilter
-from tracer.model import (
-    KIND_LABELS,
-    CounterDelta,
-    Counters,
-    End,
-    Kind,
-    KindAvailability,
-    Session,
-    Tally,
-    TallyRow,
-)
+from tracer.kinds import KIND_LABELS, Kind
+from tracer.model import CounterDelta, Counters, End, KindAvailability, Session, Tally, TallyRow
 from tracer.sinks.exporter import (
     OTHER,
     Exporter,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.model import KIND_LABELS, KindAvailability
+from tracer.kinds import KIND_LABELS
+from tracer.model import KindAvailability
 from tracer.probe import features, tracefs
 from tracer.probe.features import (
     SYMBOLS,
@@ -51,7 +52,8 @@ def kernel(release: str = "6.18.44-fc-v669", *, reasons: dict[int, str] | None =
     consume = tracefs.fields(CONSUME) - (set() if location else {"location"})
     return KernelFeatures(release=release,
                           reasons=REASONS_618 if reasons is None else reasons,
-                          kfree_fields=frozenset(kfree), consume_fields=frozenset(consume),
+                          fields={"skb/kfree_skb": frozenset(kfree),
+                                  "skb/consume_skb": frozenset(consume)},
                           tracepoints=frozenset(tracepoints),
                           symbols=SYMS if symbols is None else symbols)
 
@@ -71,8 +73,8 @@ def no(via: str, why: str) -> KindAvailability:
 
 
 def test_this_machines_format_files_describe_a_618_kernel():
-    assert {"location", "rx_sk", "reason"} <= K618.kfree_fields
-    assert "location" in K618.consume_fields
+    assert {"location", "rx_sk", "reason"} <= K618.fields["skb/kfree_skb"]
+    assert "location" in K618.fields["skb/consume_skb"]
     assert K618.has_rx_sk and K618.version == (6, 18, 44)
     assert K618.reason("NOT_SPECIFIED") == 2
     assert K618.reason("TCP_LISTEN_OVERFLOW") == 40
@@ -130,7 +132,7 @@ def test_one_missing_paws_reason_makes_paws_partial():
 
 def test_without_tcp_rfc7323_paws():
     av = availability(kernel(reasons=without(REASONS_618, "TCP_RFC7323_PAWS")))
-    why = "no TCP_RFC7323_PAWS drop reason (Linux 5.19+)"
+    why = "no TCP_RFC7323_PAWS drop reason on this kernel (Linux 5.19+)"
     assert (av["paws"], av["paws_active"]) == (no(VIA_KFREE, why), no(VIA_KFREE, why))
     assert av["tw_paws"] == ok(VIA_KFREE)
 
@@ -139,7 +141,17 @@ def test_kernel_without_drop_reasons():
     av = availability(kernel("5.15.0", reasons={}, rx_sk=False, location=False))
     assert [label for label, a in av.items() if a.available] == ["synack_retrans",
                                                                  "tw_reuse_out"]
-    assert av["cookie_fail"] == no(VIA_KFREE, "no TCP_FLAGS drop reason (Linux 6.9+)")
+    assert av["cookie_fail"] == no(VIA_KFREE,
+                                   "no TCP_FLAGS drop reason on this kernel (Linux 6.9+)")
+
+
+def test_kfree_skb_without_reason_field_names_the_field():
+    k510 = KernelFeatures(release="5.10.0", reasons={}, tracepoints=frozenset(TRACEPOINTS),
+                          fields={"skb/kfree_skb": frozenset({"skbaddr", "location",
+                                                             "protocol"})}, symbols=SYMS)
+    av = availability(k510)
+    assert av["ack_drop"] == no(VIA_KFREE, "skb:kfree_skb has no reason field (Linux 5.17+)")
+    assert av["tw_paws"] == no(VIA_KFREE, "skb:kfree_skb has no reason field (Linux 5.17+)")
 
 
 def test_missing_tracepoints_are_named():
@@ -194,8 +206,10 @@ def test_detect_reads_tracefs_kallsyms_and_release(tmp_path, monkeypatch):
     root = tmp_path / "tracing"
     for event in TRACEPOINTS:
         (root / "events" / event).mkdir(parents=True)
+        (root / "events" / event / "format").write_text(f"name: {event}\n")
     (root / "events/skb/kfree_skb/format").write_text(KFREE)
     (root / "events/skb/consume_skb/format").write_text(CONSUME)
+    (root / "events/timer/timer_cancel/format").unlink()
     (root / "events/timer/timer_cancel").rmdir()
     (root / "events/timer").rmdir()
     kallsyms = tmp_path / "kallsyms"
@@ -206,8 +220,9 @@ def test_detect_reads_tracefs_kallsyms_and_release(tmp_path, monkeypatch):
     f = features.detect(root, str(kallsyms))
     assert f == KernelFeatures(
         release="6.18.44-fc-v669", reasons=REASONS_618,
-        kfree_fields=frozenset(tracefs.fields(KFREE)),
-        consume_fields=frozenset(tracefs.fields(CONSUME)),
+        fields={t: frozenset(tracefs.fields(KFREE if t == "skb/kfree_skb" else
+                                            CONSUME if t == "skb/consume_skb" else ""))
+                for t in TRACEPOINTS if t != "timer/timer_cancel"},
         tracepoints=frozenset(TRACEPOINTS) - {"timer/timer_cancel"},
         symbols={"tcp_v4_do_rcv": (0xFFFFFFFF81000000, 0xFFFFFFFF81000400),
                  "tcp_rcv_state_process": (0xFFFFFFFF81000400, 0xFFFFFFFF81000900)})

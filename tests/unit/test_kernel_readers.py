@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from tracer.errors import UsageError
 from tracer.kernel.counters import CounterTracker, parse_netstat
-from tracer.kernel.netns import names_by_inode, resolve_netns
+from tracer.kernel.netns import names_by_inode, read_in_netns, resolve_netns
 from tracer.kernel.sysctls import read_sysctls
 from tracer.model import CounterDelta
 
@@ -35,10 +37,11 @@ def test_tracker_baselines_new_and_vanished_namespaces():
     def lister():
         return dict(paths)
 
-    def reader(path):
+    def reader(path, inode):
         ino = int(path.rsplit("/", 1)[1])
         if ino not in values:
             raise FileNotFoundError(path)
+        assert ino == inode
         return dict(values[ino])
 
     t = CounterTracker(names=("ListenDrops", "TW"), lister=lister, reader=reader)
@@ -54,7 +57,57 @@ def test_tracker_baselines_new_and_vanished_namespaces():
     del values[3]                                      # namespace gone: keeps last values
     t.refresh()
     assert CounterDelta(3, "ListenDrops", 4) in t.deltas()
-    assert t.watched == [3, 1]
+
+
+def test_watch_on_the_event_path_reads_nothing_and_lists_once_at_refresh():
+    listings: list[int] = []
+    paths = {1: "/ns/1"}
+
+    def lister():
+        listings.append(1)
+        return dict(paths)
+
+    t = CounterTracker(names=("ListenDrops",), lister=lister,
+                       reader=lambda path, inode: {"ListenDrops": 7})
+    t.start()
+    paths[5] = "/ns/5"
+    for _ in range(3):
+        t.watch(5)
+        t.watch(9)                                     # never findable
+    assert len(listings) == 1                          # watch() itself never lists
+    t.refresh()
+    t.refresh()
+    assert len(listings) == 2                          # one listing for both, not per refresh
+    assert t.deltas() == [CounterDelta(5, "ListenDrops", 7)]
+
+
+def test_a_path_that_opens_another_namespace_now_is_dropped_and_looked_up_once_more():
+    paths = {1: "/proc/42/ns/net"}
+    stale = {"/proc/42/ns/net"}
+
+    def reader(path, inode):
+        if path in stale:
+            raise OSError(116, "stale")                # the pid now holds another namespace
+        return {"ListenDrops": 3}
+
+    listings: list[int] = []
+
+    def lister():
+        listings.append(1)
+        return dict(paths)
+
+    t = CounterTracker(names=("ListenDrops",), lister=lister, reader=reader)
+    t.start()                                          # baseline read fails: from zero
+    t.watch(1)
+    paths[1] = "/proc/77/ns/net"                       # another process holds it
+    t.refresh()                                        # fails, schedules one more look
+    t.refresh()                                        # found again under the new path
+    assert t.deltas() == [CounterDelta(1, "ListenDrops", 3)]
+    stale.add("/proc/77/ns/net")
+    before = len(listings)
+    for _ in range(3):
+        t.refresh()
+    assert len(listings) == before + 1                 # looked for once more, not forever
 
 
 def test_resolve_netns(tmp_path):
@@ -73,3 +126,11 @@ def test_read_sysctls(tmp_path):
     (tmp_path / "net" / "ipv4" / "ip_local_port_range").write_text("32768\t60999\n")
     assert read_sysctls(str(tmp_path)) == {"net.ipv4.tcp_syncookies": "1",
                                            "net.ipv4.ip_local_port_range": "32768 60999"}
+
+
+def test_reading_a_namespace_through_a_path_that_opens_another_is_refused():
+    own = os.stat("/proc/self/ns/net").st_ino
+    assert read_in_netns("/proc/self/ns/net", ["/proc/self/net/netstat"], own)
+    with pytest.raises(OSError) as e:
+        read_in_netns("/proc/self/ns/net", ["/proc/self/net/netstat"], own + 1)
+    assert e.value.errno == errno.ESTALE

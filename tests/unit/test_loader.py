@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from tracer.errors import EnvironmentProblem
+from tracer.kinds import Kind
 from tracer.probe import load
 from tracer.probe.btf import BtfError
-from tracer.probe.features import SYMBOLS, TRACEPOINTS, KernelFeatures
+from tracer.probe.features import SYMBOLS, TRACEPOINTS, BuildPlan, KernelFeatures, build_plan
 
 BPF = Path(__file__).resolve().parents[2] / "bpf"
 REASONS = {2: "NOT_SPECIFIED", 3: "NO_SOCKET", 30: "TCP_FLAGS", 36: "TCP_RFC7323_PAWS",
@@ -23,10 +24,17 @@ SYMS = {name: (0xFFFFFFFF81000000 + 0x10000 * i, 0xFFFFFFFF81000000 + 0x10000 * 
 
 def features(release="6.18.44", reasons=REASONS, rx_sk=True, symbols=SYMS) -> KernelFeatures:
     return KernelFeatures(release=release, reasons=reasons,
-                          kfree_fields=frozenset({"skbaddr", "location", "reason"}
-                                                 | ({"rx_sk"} if rx_sk else set())),
-                          consume_fields=frozenset({"skbaddr", "location"}),
+                          fields={"skb/kfree_skb": frozenset({"skbaddr", "location", "reason"}
+                                                             | ({"rx_sk"} if rx_sk else set())),
+                                  "skb/consume_skb": frozenset({"skbaddr", "location"})},
                           tracepoints=frozenset(TRACEPOINTS), symbols=symbols)
+
+
+NOTHING = BuildPlan(frozenset(), frozenset())
+
+
+def plan(*kinds: Kind, f: KernelFeatures | None = None) -> BuildPlan:
+    return build_plan(f or features(), set(kinds))
 
 
 @dataclass
@@ -82,7 +90,7 @@ def test_a_field_missing_from_btf_is_an_environment_problem():
 
 def test_build_defines_values():
     d = load.build_defines(features(), FakeBtf(), load.Tuning(), ncpus=4, hz=250,
-                           families=frozenset({"syn", "paws"}))
+                           plan=plan(Kind.ACK_DROP, Kind.PAWS))
     assert {k: d[k] for k in d if k.startswith("R_")} == {
         "R_TCP_LISTEN_OVERFLOW": 40, "R_NO_SOCKET": 3, "R_TCP_FLAGS": 30,
         "R_TCP_RFC7323_PAWS": 36, "R_TCP_RFC7323_PAWS_ACK": 37, "R_TCP_RFC7323_TSECR": 39,
@@ -108,7 +116,7 @@ def test_missing_reasons_and_symbols_never_match():
     reasons = {k: v for k, v in REASONS.items() if v not in ("TCP_LISTEN_OVERFLOW", "TCP_FLAGS")}
     syms = {k: v for k, v in SYMS.items() if k != "cookie_v6_check"}
     d = load.build_defines(features(reasons=reasons, rx_sk=False, symbols=syms), FakeBtf(),
-                           load.Tuning(), ncpus=1, hz=1000)
+                           load.Tuning(), ncpus=1, hz=1000, plan=NOTHING)
     assert d["R_TCP_LISTEN_OVERFLOW"] == d["R_TCP_FLAGS"] == 0xFFFFFFFF
     assert d["R_NO_SOCKET"] == 3
     assert (d["SYM_COOKIE_V6_CHECK_START"], d["SYM_COOKIE_V6_CHECK_END"]) == (0, 0)
@@ -117,16 +125,29 @@ def test_missing_reasons_and_symbols_never_match():
     assert (d["FAMILY_SYN"], d["FAMILY_TIMEWAIT"], d["FAMILY_PAWS"]) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("families, expected", [
-    (frozenset(), (0, 0, 0)),
-    (frozenset({"syn"}), (1, 0, 0)),
-    (frozenset({"timewait"}), (1, 1, 0)),          # tw_reuse_in shares the syn machinery
-    (frozenset({"paws"}), (0, 0, 1)),
-    (frozenset({"syn", "timewait", "paws"}), (1, 1, 1)),
+@pytest.mark.parametrize("kinds, families, tracepoints", [
+    ((), (0, 0, 0), set()),
+    ((Kind.ACK_DROP,), (1, 0, 0), {"skb/kfree_skb"}),
+    ((Kind.SYN_DROP,), (1, 0, 0), {"skb/consume_skb", "net/net_dev_queue",
+                                   "neigh/neigh_event_send_done", "tcp/tcp_retransmit_synack",
+                                   "sock/inet_sock_set_state"}),
+    ((Kind.TW_REUSE_OUT,), (1, 1, 0), {"timer/timer_cancel", "sock/inet_sock_set_state"}),
+    # tw_reuse_in shares the syn_drop machinery: its tracepoints come along
+    ((Kind.TW_REUSE_IN,), (1, 1, 0), {"timer/timer_cancel", "skb/consume_skb",
+                                      "net/net_dev_queue", "neigh/neigh_event_send_done",
+                                      "tcp/tcp_retransmit_synack", "sock/inet_sock_set_state"}),
+    ((Kind.PAWS, Kind.TW_PAWS), (0, 0, 1), {"skb/kfree_skb"}),
+    (tuple(Kind), (1, 1, 1), set(TRACEPOINTS)),
 ])
-def test_families(families, expected):
-    d = load.build_defines(features(), FakeBtf(), load.Tuning(), 2, 250, families)
-    assert (d["FAMILY_SYN"], d["FAMILY_TIMEWAIT"], d["FAMILY_PAWS"]) == expected
+def test_families_and_tracepoints_follow_the_selected_kinds(kinds, families, tracepoints):
+    d = load.build_defines(features(), FakeBtf(), load.Tuning(), 2, 250, plan(*kinds))
+    assert (d["FAMILY_SYN"], d["FAMILY_TIMEWAIT"], d["FAMILY_PAWS"]) == families
+    assert {t for t in TRACEPOINTS if d[load.tracepoint_define(t)]} == tracepoints
+
+
+def test_an_unavailable_kind_attaches_nothing():
+    old = features(rx_sk=False)                         # no PAWS kind without rx_sk
+    assert plan(Kind.PAWS, Kind.TW_PAWS, Kind.PAWS_ACTIVE, f=old) == NOTHING
 
 
 @pytest.mark.parametrize("eps, ncpus, interval, burst", [
@@ -138,7 +159,7 @@ def test_families(families, expected):
 ])
 def test_rate_cap(eps, ncpus, interval, burst):
     d = load.build_defines(features(), FakeBtf(), load.Tuning(max_events_per_second=eps),
-                           ncpus, 250)
+                           ncpus, 250, NOTHING)
     assert (d["RATE_INTERVAL_NS"], d["RATE_BURST_NS"]) == (interval, burst)
 
 
@@ -147,7 +168,8 @@ def test_rate_cap(eps, ncpus, interval, burst):
     ("5.15.0", 0), ("6.1.0-28-amd64", 0),
 ])
 def test_synq_full_at_max_quirk(release, at_max):
-    d = load.build_defines(features(release=release), FakeBtf(), load.Tuning(), 1, 250)
+    d = load.build_defines(features(release=release), FakeBtf(), load.Tuning(), 1, 250,
+                           NOTHING)
     assert d["SYNQ_FULL_AT_MAX"] == at_max
 
 
@@ -159,8 +181,7 @@ def test_cflags_sorted_with_ull_above_int_max():
 
 
 def test_cflags_of_real_defines_are_one_per_define():
-    d = load.build_defines(features(), FakeBtf(), load.Tuning(), 4, 250,
-                           frozenset({"syn", "timewait", "paws"}))
+    d = load.build_defines(features(), FakeBtf(), load.Tuning(), 4, 250, plan(*Kind))
     flags = load.cflags(d)
     assert len(flags) == len(d) + 1
     assert all(re.fullmatch(r"-D[A-Z0-9_]+=\d+(ULL)?", f) for f in flags[:-1])

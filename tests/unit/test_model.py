@@ -1,79 +1,20 @@
-"""The stream vocabulary: kind ids shared with the C side, stable labels, JSON shapes."""
+"""The stream records and their JSON shapes."""
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
-
 import pytest
 
+from tracer.kinds import Category, Kind
 from tracer.model import (
-    KIND_INFO,
-    KIND_LABELS,
-    Category,
     CounterDelta,
     Counters,
     End,
     Event,
-    Kind,
     KindAvailability,
     Session,
     Tally,
     TallyRow,
 )
-
-BPF = Path(__file__).resolve().parents[2] / "bpf"
-
-EXPECTED = [  # (label, id, category, silent) as DESIGN.md's table defines them
-    ("syn_drop", 1, "syn", True),
-    ("ack_drop", 2, "syn", True),
-    ("syn_cookie", 3, "syn", False),
-    ("cookie_fail", 4, "syn", False),
-    ("synack_retrans", 5, "syn", False),
-    ("tw_reuse_out", 6, "timewait", False),
-    ("tw_reuse_in", 7, "timewait", False),
-    ("tw_paws", 8, "paws", True),
-    ("paws", 9, "paws", True),
-    ("paws_active", 10, "paws", False),
-]
-
-
-def test_every_kind_has_its_stable_label_id_category_and_silence():
-    got = [(k.label, k.value, str(k.category), k.info.silent) for k in Kind]
-    assert got == EXPECTED
-    assert KIND_LABELS == tuple(label for label, *_ in EXPECTED)
-    assert set(KIND_INFO) == set(Kind)
-    for kind, info in KIND_INFO.items():
-        assert info.name == kind.label
-        assert info.summary and "\n" not in info.summary
-
-
-def test_kind_ids_match_the_c_header():
-    header = (BPF / "refusal.h").read_text()
-    defines = {m.group(1).lower(): int(m.group(2))
-               for m in re.finditer(r"#define KIND_(\w+)\s+(\d+)", header)}
-    defines.pop("max")
-    assert defines == {k.label: k.value for k in Kind}
-
-
-def test_categories_are_the_three_families():
-    assert [str(c) for c in Category] == ["syn", "timewait", "paws"]
-    assert json.dumps({"c": Category.PAWS}) == '{"c": "paws"}'
-
-
-@pytest.mark.parametrize("text, kind", [
-    ("syn_drop", Kind.SYN_DROP), ("SYN_DROP", Kind.SYN_DROP), ("Paws_Active", Kind.PAWS_ACTIVE),
-    ("tw_reuse_in", Kind.TW_REUSE_IN),
-])
-def test_from_label_is_case_insensitive(text, kind):
-    assert Kind.from_label(text) is kind
-
-
-@pytest.mark.parametrize("text", ["", "syn-drop", "retract", "info", "label", "syn_drops"])
-def test_from_label_rejects_anything_else(text):
-    with pytest.raises(ValueError, match=re.escape(f"unknown kind {text!r}")):
-        Kind.from_label(text)
 
 
 def test_kind_availability_json_omits_why_when_absent():

@@ -7,7 +7,8 @@ import ipaddress
 import struct
 
 from tracer.filters import RefusalFilter
-from tracer.model import Kind, TallyRow
+from tracer.kinds import Kind
+from tracer.model import TallyRow
 from tracer.probe.peer_table import summarize
 
 NCPU = 2
@@ -18,7 +19,7 @@ def entry(peer: str, count: int | tuple[int, int], kind: Kind = Kind.SYN_DROP,
           port: int = 80, netns: int = 7, family: int | None = None) -> tuple[bytes, bytes]:
     addr = ipaddress.ip_address(peer)
     fam = family if family is not None else addr.version
-    key = struct.pack("<IHBB", netns, port, kind.value, fam) + addr.packed.ljust(16, b"\0")
+    key = struct.pack("<IHBB", netns, port, kind.id, fam) + addr.packed.ljust(16, b"\0")
     per_cpu = count if isinstance(count, tuple) else (count, 0)
     return key, struct.pack(f"<{NCPU}Q", *(c % M64 for c in per_cpu))
 

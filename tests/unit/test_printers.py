@@ -6,13 +6,12 @@ import io
 import json
 import time
 
+from tracer.kinds import KIND_LABELS, Kind
 from tracer.model import (
-    KIND_LABELS,
     CounterDelta,
     Counters,
     End,
     Event,
-    Kind,
     KindAvailability,
     Session,
     Tally,
@@ -153,7 +152,7 @@ def test_endpoint_brackets_ipv6_only():
 
 def test_banner_header_and_rows():
     out = Out()
-    p = TextPrinter(out, io.StringIO())
+    p = TextPrinter(out)
     p.session(SESSION)
     p.event(EV4)
     p.event(EV6)
@@ -171,7 +170,6 @@ def test_banner_header_and_rows():
         f"{clock(EV_NULL.ts)} synack_retrans 192.0.2.1:1           > 192.0.2.2:80          "
         f"-                 1",
         ""]
-    assert p.events == 3
     rows = out.getvalue().split("\n")[-4:-1]
     assert [f.split("\n")[-2] for f in out.flushed[-3:]] == rows   # each row flushed
 
@@ -184,7 +182,7 @@ REASONS_SHOWN = ("ACCEPT_QUEUE_FULL", "SYN_QUEUE_FULL", "TCP_LISTEN_OVERFLOW", "
 
 def text_row(e: Event) -> str:
     out = io.StringIO()
-    TextPrinter(out, io.StringIO()).event(e)
+    TextPrinter(out).event(e)
     assert out.getvalue().count("\n") == 1
     return out.getvalue().rstrip("\n")
 
@@ -219,7 +217,7 @@ def test_ipv4_rows_stay_aligned_under_the_header():
 
 def test_tally_summary():
     out = io.StringIO()
-    TextPrinter(out, io.StringIO()).tally(TALLY)
+    TextPrinter(out).tally(TALLY)
     assert out.getvalue() == (
         "\n4 refusals from 2 peers (exact in-kernel counts); 2 events lost, "
         "5 held back by the rate cap\n"
@@ -232,7 +230,7 @@ def test_tally_summary():
 def test_tally_without_losses_and_at_most_ten_rows():
     rows = [TallyRow(1, f"10.0.0.{i}", Kind.SYN_DROP, 20 - i) for i in range(12)]
     out = io.StringIO()
-    TextPrinter(out, io.StringIO()).tally(Tally(ts=1.0, rows=rows))
+    TextPrinter(out).tally(Tally(ts=1.0, rows=rows))
     lines = out.getvalue().split("\n")
     assert lines[1] == "174 refusals from 12 peers (exact in-kernel counts)"
     assert len(lines) == 1 + 1 + 10 + 1
@@ -241,13 +239,13 @@ def test_tally_without_losses_and_at_most_ten_rows():
 
 def test_counters_are_silent_and_end_names_what_moved():
     out = io.StringIO()
-    p = TextPrinter(out, io.StringIO())
+    p = TextPrinter(out)
     p.counters(COUNTERS)
     assert out.getvalue() == ""
     p.end(END)
     assert out.getvalue() == (f"Kernel counters: ListenDrops +3 (netns {NETNS}), "
                               "PAWSEstab +1 (netns 7)\n")
     quiet = io.StringIO()
-    TextPrinter(quiet, io.StringIO()).end(End(ts=1.0, lost=0, counters=[
+    TextPrinter(quiet).end(End(ts=1.0, lost=0, counters=[
         CounterDelta(1, "ListenDrops", 0)]))
     assert quiet.getvalue() == ""

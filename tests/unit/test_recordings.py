@@ -11,12 +11,12 @@ import pytest
 
 from tracer import report as reporting
 from tracer.errors import TracerError, UsageError
+from tracer.kinds import Kind
 from tracer.model import (
     CounterDelta,
     Counters,
     End,
     Event,
-    Kind,
     KindAvailability,
     Session,
     Tally,

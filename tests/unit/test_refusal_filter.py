@@ -8,7 +8,8 @@ import pytest
 
 from tracer.errors import UsageError
 from tracer.filters import RefusalFilter, parse_kind, parse_network
-from tracer.model import Event, Kind
+from tracer.kinds import Kind
+from tracer.model import Event
 
 
 def event(peer="10.1.2.3", kind=Kind.SYN_DROP, local_port=443, family=4,

@@ -12,7 +12,8 @@ import pytest
 
 from tracer import stream
 from tracer.errors import EnvironmentProblem
-from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally
+from tracer.kinds import Kind
+from tracer.model import Counters, End, Event, KindAvailability, Session, Tally
 from tracer.recording import Recording
 from tracer.replay import ReplaySource
 from tracer.stream import Sink, Source, SourceFinished, StopFlags, run

@@ -8,6 +8,7 @@ that would keep a deleted namespace alive.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -78,15 +79,18 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def call_in_netns(ns_path: str, fn: Callable[[], T]) -> T:
+def call_in_netns(ns_path: str, fn: Callable[[], T], inode: int | None = None) -> T:
     """fn() run inside the namespace ns_path opens: its /proc/sys/net and /proc/thread-self/
     net files, and sockets it creates, are that namespace's.
 
     setns() switches only the calling thread, so a short-lived thread does the work and
-    the caller's thread never changes namespace.
+    the caller's thread never changes namespace. With `inode`, a path that no longer opens
+    that namespace (a /proc/PID whose process died and whose pid was reused) raises
+    ESTALE instead of reading another namespace.
     """
     try:
-        if os.stat(ns_path).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        if os.stat(ns_path).st_ino == here and inode in (None, here):
             return fn()                      # already there (and setns would need root)
     except OSError:
         pass
@@ -98,6 +102,8 @@ def call_in_netns(ns_path: str, fn: Callable[[], T]) -> T:
         try:
             there = os.open(ns_path, os.O_RDONLY)
             try:
+                if inode is not None and os.fstat(there).st_ino != inode:
+                    raise OSError(errno.ESTALE, f"{ns_path} no longer opens namespace {inode}")
                 _setns(there)
                 try:
                     result.append(fn())
@@ -118,8 +124,9 @@ def call_in_netns(ns_path: str, fn: Callable[[], T]) -> T:
     return result[0]
 
 
-def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
-    """Read small proc files (e.g. /proc/thread-self/net/netstat) as seen inside ns_path."""
+def read_in_netns(ns_path: str, files: list[str], inode: int | None = None) -> list[str]:
+    """Read small proc files (e.g. /proc/thread-self/net/netstat) as seen inside ns_path
+    (which must still open namespace `inode`, when given)."""
     def read_all() -> list[str]:
         out = []
         for name in files:
@@ -127,7 +134,7 @@ def read_in_netns(ns_path: str, files: list[str]) -> list[str]:
                 out.append(f.read())
         return out
 
-    return call_in_netns(ns_path, read_all)
+    return call_in_netns(ns_path, read_all, inode)
 
 
 def netns_path(inode: int | None) -> str:

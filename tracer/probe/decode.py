@@ -9,14 +9,12 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from tracer.model import Event, Kind
+from tracer.kinds import Kind
+from tracer.model import Event
+from tracer.probe.abi import EVF_PENDING, REASON_NONE, RECORD_RETRACT, SYNTHETIC_REASONS
 
 EVENT = struct.Struct("<QIIBBHHH16s16s")      # struct refusal_event
 
-RECORD_RETRACT = 15
-EVF_PENDING = 1
-REASON_NONE = 0xFFFFFFFF
-SYNTHETIC_REASONS = {0x10001: "ACCEPT_QUEUE_FULL", 0x10002: "SYN_QUEUE_FULL"}
 
 
 _ADDRESSES: dict[bytes, tuple[int, str]] = {}
@@ -94,7 +92,7 @@ class ReasonNames:
         return name if name is not None else str(number)
 
 
-KINDS_BY_ID = {k.value: k for k in Kind}
+KINDS_BY_ID = {k.id: k for k in Kind}
 
 
 def fast_event(data: bytes, reasons: ReasonNames, wall_offset: float) -> Event | None:
@@ -111,7 +109,7 @@ def fast_event(data: bytes, reasons: ReasonNames, wall_offset: float) -> Event |
 
 def to_event(raw: RawRecord, reasons: ReasonNames, wall_offset: float) -> Event:
     """The stream Event of a raw record; wall_offset turns CLOCK_MONOTONIC into unix time."""
-    return Event(ts=raw.ktime_ns / 1e9 + wall_offset, kind=Kind(raw.kind), peer=raw.peer,
+    return Event(ts=raw.ktime_ns / 1e9 + wall_offset, kind=Kind.from_id(raw.kind), peer=raw.peer,
                  peer_port=raw.peer_port, local=raw.local, local_port=raw.local_port,
                  family=raw.family, netns=raw.netns, reason=reasons.name(raw.reason))
 

@@ -13,19 +13,20 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracer.model import Kind, KindAvailability
+from tracer.kinds import Kind, Method, Symbol
+from tracer.model import KindAvailability
 from tracer.probe import kallsyms, tracefs
 
-# Functions whose addresses the BPF code compares against: tracepoint `location`s, a
-# timer's handler, and the skb destructors of a full TCP socket's transmit path.
-SYMBOLS = ("tcp_rcv_state_process", "tcp_v4_do_rcv", "tcp_v6_do_rcv",
-           "cookie_v4_check", "cookie_v6_check", "tw_timer_handler",
-           "tcp_wfree", "__sock_wfree")
+# Functions whose addresses the BPF code compares against: those a kind requires, and
+# those a handler uses when present (a cookie check's location, the skb destructors of a
+# full TCP socket's transmit path); a missing one disables only its comparison.
+SYMBOLS = tuple(dict.fromkeys(
+    [r.name for k in Kind for m in k.spec.methods for r in m.requires if isinstance(r, Symbol)]
+    + ["tcp_v6_do_rcv", "cookie_v4_check", "cookie_v6_check", "tcp_wfree", "__sock_wfree"]))
 
-# Tracepoints the handlers attach to.
-TRACEPOINTS = ("skb/kfree_skb", "skb/consume_skb", "net/net_dev_queue",
-               "neigh/neigh_event_send_done", "tcp/tcp_retransmit_synack",
-               "sock/inet_sock_set_state", "timer/timer_cancel")
+# Tracepoints the handlers may attach to, in declaration order.
+TRACEPOINTS = tuple(dict.fromkeys(t for k in Kind for m in k.spec.methods
+                                  for t in m.tracepoints))
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,8 @@ class KernelFeatures:
 
     release: str
     reasons: dict[int, str]
-    kfree_fields: frozenset[str]
-    consume_fields: frozenset[str]
     tracepoints: frozenset[str]
+    fields: dict[str, frozenset[str]] = field(default_factory=dict)   # per tracepoint
     symbols: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
@@ -52,7 +52,7 @@ class KernelFeatures:
 
     @property
     def has_rx_sk(self) -> bool:
-        return "rx_sk" in self.kfree_fields
+        return "rx_sk" in self.fields.get("skb/kfree_skb", frozenset())
 
 
 def parse_release(release: str) -> tuple[int, int, int]:
@@ -65,15 +65,13 @@ def parse_release(release: str) -> tuple[int, int, int]:
 
 def detect(root: Path = tracefs.TRACEFS, kallsyms_path: str = kallsyms.KALLSYMS) -> KernelFeatures:
     """Read this kernel's features (tracefs must be mounted)."""
-    kfree = tracefs.read_format("skb/kfree_skb", root) or ""
-    consume = tracefs.read_format("skb/consume_skb", root) or ""
     hidden = hidden_reasons()
+    formats = {t: tracefs.read_format(t, root) for t in TRACEPOINTS}
     return KernelFeatures(
         release=platform.release(),
         reasons={n: r for n, r in tracefs.drop_reasons(root).items() if r not in hidden},
-        kfree_fields=frozenset(tracefs.fields(kfree)),
-        consume_fields=frozenset(tracefs.fields(consume)),
-        tracepoints=frozenset(t for t in TRACEPOINTS if tracefs.has_event(t, root)),
+        tracepoints=frozenset(t for t, text in formats.items() if text is not None),
+        fields={t: frozenset(tracefs.fields(text)) for t, text in formats.items() if text},
         symbols=kallsyms.load_ranges(SYMBOLS, kallsyms_path),
     )
 
@@ -88,98 +86,52 @@ def hidden_reasons() -> frozenset[str]:
                      if n.strip())
 
 
-def _missing_tracepoints(f: KernelFeatures, *needed: str) -> list[str]:
-    return [t for t in needed if t not in f.tracepoints]
+def choose_methods(f: KernelFeatures) -> dict[Kind, tuple[Method | None, str | None]]:
+    """Per kind, in declaration order: the first of its methods this kernel supports, or
+    None with why (the preferred method's first unmet requirement). A method that needs
+    another kind's machinery is usable only when that kind is."""
+    out: dict[Kind, tuple[Method | None, str | None]] = {}
+    for kind in Kind:
+        chosen: Method | None = None
+        why: str | None = None
+        for method in kind.spec.methods:
+            unmet = method.unmet(f)
+            for label in method.needs:
+                other, other_why = out[Kind.from_label(label)]
+                if unmet is None and other is None:
+                    unmet = f"needs the {label} machinery: {other_why}"
+            if unmet is None:
+                chosen, why = method, method.partial(f)
+                break
+            why = why or unmet
+        out[kind] = (chosen, why)
+    return out
 
 
 def availability(f: KernelFeatures) -> dict[str, KindAvailability]:
     """Per kind: available or not on this kernel, via which tracepoints, and why not."""
     out: dict[str, KindAvailability] = {}
+    for kind, (method, why) in choose_methods(f).items():
+        shown = method or kind.spec.methods[0]
+        out[kind.label] = KindAvailability(method is not None, shown.via, why)
+    return out
 
-    def unavailable(kind: Kind, via: str, why: str) -> None:
-        out[kind.label] = KindAvailability(False, via, why)
 
-    # syn_drop / syn_cookie: a SYN consumed by tcp_rcv_state_process without a SYN-ACK.
-    via = "skb:consume_skb+net:net_dev_queue"
-    missing = _missing_tracepoints(f, "skb/consume_skb", "net/net_dev_queue")
-    for kind in (Kind.SYN_DROP, Kind.SYN_COOKIE):
-        if missing:
-            unavailable(kind, via, f"tracepoint {', '.join(missing)} missing")
-        elif "location" not in f.consume_fields:
-            unavailable(kind, via, "skb:consume_skb has no location field (Linux 6.3+)")
-        elif "tcp_rcv_state_process" not in f.symbols:
-            unavailable(kind, via, "symbol tcp_rcv_state_process not in /proc/kallsyms")
-        else:
-            out[kind.label] = KindAvailability(True, via)
+@dataclass(frozen=True)
+class BuildPlan:
+    """What to compile and attach for the selected kinds on this kernel: the bpf/
+    families (FAMILY_*) and the tracepoints (USE_TP_*) of their chosen methods."""
 
-    # ack_drop: TCP_LISTEN_OVERFLOW (6.15+) and NO_SOCKET inside cookie_v4/v6_check.
-    via = "skb:kfree_skb"
-    if "skb/kfree_skb" not in f.tracepoints:
-        unavailable(Kind.ACK_DROP, via, "tracepoint skb/kfree_skb missing")
-    elif f.reason("TCP_LISTEN_OVERFLOW") is None:
-        unavailable(Kind.ACK_DROP, via,
-                    "no TCP_LISTEN_OVERFLOW drop reason on this kernel (Linux 6.15+)")
-    else:
-        out[Kind.ACK_DROP.label] = KindAvailability(True, via)
+    families: frozenset[str]
+    tracepoints: frozenset[str]
 
-    # cookie_fail: TCP_FLAGS at a listener in tcp_v4/v6_do_rcv, cookie check mirrored.
-    if "skb/kfree_skb" not in f.tracepoints:
-        unavailable(Kind.COOKIE_FAIL, via, "tracepoint skb/kfree_skb missing")
-    elif f.reason("TCP_FLAGS") is None:
-        unavailable(Kind.COOKIE_FAIL, via, "no TCP_FLAGS drop reason (Linux 6.9+)")
-    elif not f.has_rx_sk:
-        unavailable(Kind.COOKIE_FAIL, via, "skb:kfree_skb has no rx_sk field (Linux 6.11+)")
-    elif "tcp_v4_do_rcv" not in f.symbols:
-        unavailable(Kind.COOKIE_FAIL, via, "symbol tcp_v4_do_rcv not in /proc/kallsyms")
-    else:
-        out[Kind.COOKIE_FAIL.label] = KindAvailability(True, via)
 
-    via = "tcp:tcp_retransmit_synack"
-    if "tcp/tcp_retransmit_synack" in f.tracepoints:
-        out[Kind.SYNACK_RETRANS.label] = KindAvailability(True, via)
-    else:
-        unavailable(Kind.SYNACK_RETRANS, via, "tracepoint tcp/tcp_retransmit_synack missing")
-
-    # tw_reuse_out / tw_reuse_in: a TIME-WAIT timer cancelled by connect() or by a SYN.
-    tw_needs = {Kind.TW_REUSE_OUT: ("timer/timer_cancel", "sock/inet_sock_set_state"),
-                Kind.TW_REUSE_IN: ("timer/timer_cancel", "skb/consume_skb", "net/net_dev_queue")}
-    for kind, needed in tw_needs.items():
-        via = "+".join(t.replace("/", ":") for t in needed[:2])
-        missing = _missing_tracepoints(f, *needed)
-        if missing:
-            unavailable(kind, via, f"tracepoint {', '.join(missing)} missing")
-        elif "tw_timer_handler" not in f.symbols:
-            unavailable(kind, via, "symbol tw_timer_handler not in /proc/kallsyms")
-        elif kind is Kind.TW_REUSE_IN and not out[Kind.SYN_DROP.label].available:
-            unavailable(kind, via, "needs the syn_drop machinery: "
-                        + (out[Kind.SYN_DROP.label].why or ""))
-        else:
-            out[kind.label] = KindAvailability(True, via)
-
-    # tw_paws, paws, paws_active: kfree_skb PAWS reasons, told apart by rx_sk's state.
-    via = "skb:kfree_skb"
-    paws_reasons = [r for r in ("TCP_RFC7323_PAWS", "TCP_RFC7323_PAWS_ACK",
-                                "TCP_RFC7323_TSECR") if f.reason(r) is not None]
-    if "skb/kfree_skb" not in f.tracepoints:
-        for kind in (Kind.TW_PAWS, Kind.PAWS, Kind.PAWS_ACTIVE):
-            unavailable(kind, via, "tracepoint skb/kfree_skb missing")
-    elif not f.has_rx_sk:
-        for kind in (Kind.TW_PAWS, Kind.PAWS, Kind.PAWS_ACTIVE):
-            unavailable(kind, via, "skb:kfree_skb has no rx_sk field (Linux 6.11+)")
-    else:
-        if f.reason("TCP_RFC7323_TW_PAWS") is None:
-            unavailable(Kind.TW_PAWS, via,
-                        "no TCP_RFC7323_TW_PAWS drop reason on this kernel (Linux 6.16+)")
-        else:
-            out[Kind.TW_PAWS.label] = KindAvailability(True, via)
-        if "TCP_RFC7323_PAWS" not in paws_reasons:
-            unavailable(Kind.PAWS, via, "no TCP_RFC7323_PAWS drop reason (Linux 5.19+)")
-            unavailable(Kind.PAWS_ACTIVE, via, "no TCP_RFC7323_PAWS drop reason (Linux 5.19+)")
-        else:
-            lacking = [r for r in ("TCP_RFC7323_PAWS_ACK", "TCP_RFC7323_TSECR")
-                       if r not in paws_reasons]
-            why = (f"partial: this kernel has no {' or '.join(lacking)} drop reason"
-                   if lacking else None)
-            out[Kind.PAWS.label] = KindAvailability(True, via, why)
-            out[Kind.PAWS_ACTIVE.label] = KindAvailability(True, via)
-    return {k.label: out[k.label] for k in Kind}
+def build_plan(f: KernelFeatures, kinds: set[Kind] | frozenset[Kind]) -> BuildPlan:
+    """The union of the chosen methods of `kinds` and of the kinds whose machinery they
+    need (unavailable ones contribute nothing)."""
+    chosen = choose_methods(f)
+    methods = [m for k in Kind if k in kinds and (m := chosen[k][0]) is not None]
+    methods += [m for needing in list(methods) for label in needing.needs
+                if (m := chosen[Kind.from_label(label)][0]) is not None]
+    return BuildPlan(families=frozenset(h for m in methods for h in m.handlers),
+                     tracepoints=frozenset(t for m in methods for t in m.tracepoints))

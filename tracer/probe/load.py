@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer import kinds
 from tracer.errors import EnvironmentProblem
+from tracer.probe import abi
 from tracer.probe.btf import Btf, BtfError
-from tracer.probe.features import SYMBOLS, KernelFeatures
+from tracer.probe.features import SYMBOLS, TRACEPOINTS, BuildPlan, KernelFeatures
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 
@@ -56,6 +58,9 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_REUSE_SYNQ_OVERFLOW_TS": ("sock_reuseport", "synq_overflow_ts"),
     "OFF_TP_TS_RECENT_STAMP": ("tcp_sock", "rx_opt.ts_recent_stamp"),
 }
+
+# The bpf/ families (syn.c, timewait.c, paws.c) that kind methods name as their handlers.
+FAMILIES = tuple(dict.fromkeys(h for k in kinds.Kind for m in k.spec.methods for h in m.handlers))
 
 # Drop reasons the handlers test, by name; a reason this kernel lacks becomes -1 (no match).
 REASONS = ("TCP_LISTEN_OVERFLOW", "NO_SOCKET", "TCP_FLAGS", "TCP_RFC7323_PAWS",
@@ -134,14 +139,24 @@ def skb_header_span(offsets: dict[str, int]) -> dict[str, int]:
     return {"SKB_SPAN_START": start, "SKB_SPAN": end - start}
 
 
+def tracepoint_define(tracepoint: str) -> str:
+    """USE_TP_<GROUP>_<NAME>: whether bpf/tracer.c compiles (and bcc attaches) its probe."""
+    return "USE_TP_" + tracepoint.replace("/", "_").upper()
+
+
 def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int,
-                  hz: int, families: frozenset[str] = frozenset()) -> dict[str, int]:
+                  hz: int, plan: BuildPlan) -> dict[str, int]:
     """All -D values for bpf/tracer.c on this kernel.
 
-    A family is built only when named in `families` (the categories of the selected
-    kinds); syn comes with timewait, whose tw_reuse_in shares its SYN-consume decision.
+    Only the plan's families (bpf/*.c) are built and only its tracepoints get a program,
+    so a hot tracepoint is attached only when a selected kind's method needs it, and a
+    tracepoint this kernel lacks is never compiled against.
     """
     d = btf_defines(btf)
+    d.update(kinds.c_defines())
+    d.update(abi.c_defines())
+    for tracepoint in TRACEPOINTS:
+        d[tracepoint_define(tracepoint)] = int(tracepoint in plan.tracepoints)
     for name in REASONS:
         number = features.reason(name)
         d[f"R_{name}"] = number if number is not None else 0xFFFFFFFF
@@ -164,9 +179,8 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
     else:
         d["RATE_INTERVAL_NS"] = 0
         d["RATE_BURST_NS"] = 0
-    d["FAMILY_TIMEWAIT"] = int("timewait" in families)
-    d["FAMILY_SYN"] = int("syn" in families or "timewait" in families)
-    d["FAMILY_PAWS"] = int("paws" in families)
+    for family in FAMILIES:
+        d[f"FAMILY_{family.upper()}"] = int(family in plan.families)
     if features.has_rx_sk:
         d["HAVE_RX_SK"] = 1
     return d

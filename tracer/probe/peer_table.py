@@ -14,12 +14,13 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from tracer.filters import RefusalFilter
-from tracer.model import Kind, TallyRow
+from tracer.kinds import Kind
+from tracer.model import TallyRow
 from tracer.probe.decode import address
 
 PEER_KEY = np.dtype([("netns", "<u4"), ("port", "<u2"), ("kind", "u1"), ("family", "u1"),
                      ("peer", "V16")])
-KINDS = {k.value: k for k in Kind}
+KINDS = {k.id: k for k in Kind}
 _KIND_IDS = np.array(sorted(KINDS), dtype=np.uint8)
 
 
@@ -66,7 +67,7 @@ def summarize(keys: bytes, values: bytes, ncpu: int,
         .sum(axis=1, dtype=np.uint64).view(np.int64)
     keep = (counts > 0) & np.isin(k["kind"], _KIND_IDS)
     if selection.kinds:
-        keep &= np.isin(k["kind"], [kind.value for kind in selection.kinds])
+        keep &= np.isin(k["kind"], [kind.id for kind in selection.kinds])
     if selection.netns:
         keep &= np.isin(k["netns"], list(selection.netns))
     if selection.ports:

@@ -17,14 +17,14 @@ from tracer.errors import EnvironmentProblem
 from tracer.filters import RefusalFilter
 from tracer.kernel.counters import CounterTracker
 from tracer.kernel.sysctls import read_sysctls
-from tracer.model import Counters, End, Event, Kind, KindAvailability, Session, Tally
+from tracer.kinds import Kind
+from tracer.model import Counters, End, Event, KindAvailability, Session, Tally
 from tracer.probe import decode, features, tracefs
+from tracer.probe.abi import Stat
 from tracer.probe.btf import Btf, BtfError
 from tracer.probe.grace import GraceWindow
 from tracer.probe.load import LoadedProbe, Tuning, build_defines, kernel_hz, release_heap
 from tracer.probe.peer_table import PEER_KEY, summarize
-
-STAT_LOST, STAT_SUPPRESSED, STAT_INSERTS = 0, 1, 2
 
 
 def check_environment() -> None:
@@ -80,10 +80,9 @@ class LiveSource:
                                      "select other kinds, or run `tracer doctor` for the "
                                      "kernel counters of these")
         self._reasons = decode.ReasonNames(feats.reasons)
-        families = frozenset(str(Kind.from_label(k).category) for k, v in self.kinds.items()
-                             if v.available and self._wanted(Kind.from_label(k)))
+        plan = features.build_plan(feats, {k for k in Kind if self._wanted(k)})
         defines = build_defines(feats, btf, self.tuning, os.cpu_count() or 1, kernel_hz(),
-                                families)
+                                plan)
         self.probe = LoadedProbe(defines)
         self.probe.open_events(self._on_record)
         # Baselines now that the programs count: the compile takes a second or two, and
@@ -96,7 +95,7 @@ class LiveSource:
                        max_events_per_second=self.tuning.max_events_per_second)
 
     def _wanted(self, kind: Kind) -> bool:
-        """Build a family's handlers only when one of its kinds is selected."""
+        """Only selected kinds get their handlers built and their tracepoints attached."""
         return not self.selection.kinds or kind in self.selection.kinds
 
     def close(self) -> None:
@@ -165,18 +164,18 @@ class LiveSource:
     def tally(self) -> Tally:
         """Exact in-kernel counts since start, filtered, summed over local ports."""
         assert self.probe is not None
-        inserts = self._stat(STAT_INSERTS)          # before the entries: never over-counts
+        inserts = self._stat(Stat.INSERTS)          # before the entries: never over-counts
         keys, values, ncpu = self.probe.peer_counts()
         entries = len(keys) // PEER_KEY.itemsize
         rows, ports = summarize(keys, values, ncpu, self.selection)
         for netns in {row.netns for row in rows}:
             self._watch_netns(netns)
-        totals = {Kind(k).label: decode.percpu_sum(v)
-                  for k, v in self.probe.kind_totals().items() if 0 < k <= len(Kind)}
+        totals = {decode.KINDS_BY_ID[k].label: decode.percpu_sum(v)
+                  for k, v in self.probe.kind_totals().items() if k in decode.KINDS_BY_ID}
         # Every entry ever created, minus those alive: the ones the LRU evicted.
         evicted = max(0, inserts - entries)
-        return Tally(ts=time.time(), rows=rows, lost=self._stat(STAT_LOST),
-                     suppressed=self._stat(STAT_SUPPRESSED), totals=totals, evicted=evicted,
+        return Tally(ts=time.time(), rows=rows, lost=self._stat(Stat.LOST),
+                     suppressed=self._stat(Stat.SUPPRESSED), totals=totals, evicted=evicted,
                      ports=ports)
 
     def release_memory(self) -> None:
@@ -189,6 +188,6 @@ class LiveSource:
 
     def end(self) -> End:
         self.counter_tracker.refresh()
-        return End(ts=time.time(), lost=self._stat(STAT_LOST),
-                   suppressed=self._stat(STAT_SUPPRESSED),
+        return End(ts=time.time(), lost=self._stat(Stat.LOST),
+                   suppressed=self._stat(Stat.SUPPRESSED),
                    counters=self.counter_tracker.deltas())

@@ -26,8 +26,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tracer.kinds import Category
 from tracer.leaderboard import Leaderboard
-from tracer.model import Category, Counters, End, Event, KindAvailability, Session, Tally
+from tracer.model import Counters, End, Event, KindAvailability, Session, Tally
 from tracer.reconcile import Attribution, attribute
 from tracer.stream import Sink
 
@@ -47,7 +48,6 @@ class DashboardState:
 
     board: Leaderboard = field(default_factory=Leaderboard)
     host: str = ""
-    kernel: str = ""
     started: float = 0.0
     now: float = 0.0
     kinds: dict[str, KindAvailability] = field(default_factory=dict)
@@ -242,7 +242,7 @@ class Dashboard(Sink):
             self._live.refresh()
 
     def session(self, s: Session) -> None:
-        self.state.host, self.state.kernel = s.host, s.kernel
+        self.state.host = s.host
         self.state.started = self.state.now = s.started
         self.state.kinds = s.kinds
         self._live = Live(get_renderable=self._screen, console=self.console, screen=True,

@@ -28,7 +28,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from tracer.errors import TracerError, UsageError
 from tracer.filters import RefusalFilter, subnet_of
-from tracer.model import KIND_LABELS, Counters, End, Session, Tally, TallyRow
+from tracer.kinds import KIND_LABELS
+from tracer.model import Counters, End, Session, Tally, TallyRow
 from tracer.sinks.printer import endpoint
 from tracer.stream import Sink
 

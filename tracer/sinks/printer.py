@@ -10,7 +10,7 @@ import json
 import time
 from typing import TextIO
 
-from tracer.model import KIND_INFO, Counters, End, Event, Session, Tally
+from tracer.model import Counters, End, Event, Session, Tally
 from tracer.stream import Sink
 
 
@@ -54,10 +54,8 @@ HEADER = ROW.format("TIME", "KIND", "PEER:PORT", "LOCAL:PORT", "REASON", "NETNS"
 class TextPrinter(Sink):
     """Human lines: a start banner with kind availability, a header row, a row per event."""
 
-    def __init__(self, out: TextIO, status: TextIO) -> None:
+    def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.status = status
-        self.events = 0
 
     def session(self, s: Session) -> None:
         self.out.write(f"Tracing TCP refusals on {s.host} (Linux {s.kernel}), Ctrl-C to end.\n")
@@ -71,7 +69,6 @@ class TextPrinter(Sink):
         self.out.flush()
 
     def event(self, e: Event) -> None:
-        self.events += 1
         when = time.strftime("%H:%M:%S", time.localtime(e.ts))
         self.out.write(ROW.format(when, e.kind.label, endpoint(e.peer, e.peer_port),
                                   endpoint(e.local, e.local_port), e.reason or "-",
@@ -89,7 +86,7 @@ class TextPrinter(Sink):
         self.out.write("\n")
         for row in t.rows[:10]:
             self.out.write(f"  {row.count:>8}  {row.kind.label:<14} {row.peer}  "
-                           f"netns {row.netns}  {KIND_INFO[row.kind].summary}\n")
+                           f"netns {row.netns}  {row.kind.summary}\n")
         self.out.flush()
 
     def end(self, e: End) -> None:
