@@ -2,7 +2,8 @@
  *
  * Mirrors tcp_conn_request() (net/ipv4/tcp_input.c), tcp_check_req() and cookie_v4_check()
  * / cookie_v6_check() (net/ipv4/syncookies.c, net/ipv6/syncookies.c) as of Linux 6.18.
- * KERNEL.md explains each decision; the comments here say which kernel path a check mirrors.
+ * docs/KERNELS.md explains each decision; the comments here say which kernel path a check
+ * mirrors.
  *
  * syn_drop has no drop reason and no tracepoint of its own: tcp_conn_request() returns
  * after dropping a SYN and tcp_rcv_state_process() frees it with consume_skb(), exactly as

@@ -1,5 +1,5 @@
-"""Benchmark of the tracer under a refusal flood (TESTING.md section 6), as ratios measured
-side by side in the same run. Prints a table and writes a JSON result file.
+"""Benchmark of the tracer under a refusal flood (docs/PERFORMANCE.md, method), as
+ratios measured side by side in the same run. Prints a table and writes a JSON result file.
 
 Workload: trafgen in a client namespace sends SYNs from N spoofed sources (10.0.0.0/12)
 through a veth to a listener with backlog 1 that never accepts, so every SYN is a syn_drop.
@@ -89,7 +89,7 @@ class Flood:
         """Flood for `seconds`; refusals per second the kernel handled (ListenDrops).
 
         trafgen sends from a TX ring bypassing the qdisc, as a flood arriving from outside
-        would: its SYNs do not pass this host's net_dev_queue (TESTING.md section 6).
+        would: its SYNs do not pass this host's net_dev_queue (docs/PERFORMANCE.md, method).
         """
         before, t0 = self.drops(), time.monotonic()
         cmd = ["ip", "netns", "exec", self.lab.cli, "taskset", "-c", "0", "timeout",

@@ -1,4 +1,5 @@
-"""`tracer record`: the stream written to a file as it happens (DESIGN.md "Recording file").
+"""`tracer record`: the stream written to a file as it happens (docs/ARCHITECTURE.md,
+"Recordings").
 
 Lines are written whole, in one write per poll of the source (every 100 ms at most; gzip:
 sync-flushed once a second and at every tally), so a recorder killed at any moment leaves a
