@@ -221,32 +221,33 @@ static __always_inline u32 segment_netns(struct segment *s)
 
 /* ---------------------------------------------------------------- counting and events */
 
-static __always_inline void count_peer(struct peer_key *k, s64 delta)
-{
-    u64 *v = peer_counts.lookup(k);
-    if (!v) {
-        u64 zero = 0;
-        peer_counts.update(k, &zero);
-        u32 slot = STAT_INSERTS;
-        u64 *ins = stats.lookup(&slot);
-        if (ins)
-            *ins += 1;
-        v = peer_counts.lookup(k);
-        if (!v)
-            return;
-    }
-    *v += delta;                       /* per-CPU value: no atomics needed */
-    u32 kind = k->kind;
-    u64 *t = kind_totals.lookup(&kind);
-    if (t)
-        *t += delta;
-}
-
 static __always_inline void bump_stat(u32 slot)
 {
     u64 *v = stats.lookup(&slot);
     if (v)
         *v += 1;
+}
+
+/* The per-kind total first and unconditionally: a failed insert into the per-peer table
+ * (full, or evicted by another CPU in between) must never lose a refusal from the totals.
+ * An insert is counted only when this call created the entry (BPF_NOEXIST), so two CPUs
+ * racing on the same new peer count one insert and `evicted` is not overstated. */
+static __always_inline void count_peer(struct peer_key *k, s64 delta)
+{
+    u32 kind = k->kind;
+    u64 *t = kind_totals.lookup(&kind);
+    if (t)
+        *t += delta;                   /* per-CPU value: no atomics needed */
+    u64 *v = peer_counts.lookup(k);
+    if (!v) {
+        u64 zero = 0;
+        if (peer_counts.insert(k, &zero) == 0)
+            bump_stat(STAT_INSERTS);
+        v = peer_counts.lookup(k);
+        if (!v)
+            return;
+    }
+    *v += delta;
 }
 
 /* Event-rate cap (--max-events-per-second); RATE_INTERVAL_NS 0 means no cap. Its clock
