@@ -174,6 +174,8 @@ SET_STATE = "sock/inet_sock_set_state"
 TIMER_CANCEL = "timer/timer_cancel"
 
 KFREE_REASON = Field(KFREE, "reason", "Linux 5.17+")
+# The handler tells IPv4 from IPv6 by it (read in bpf/tracer.c); Linux 5.10 has no such field.
+SYNACK_FAMILY = Field(RETRANSMIT_SYNACK, "family", "not in Linux 5.10")
 RX_SK = Field(KFREE, "rx_sk", "Linux 6.11+")
 
 # A SYN consumed by tcp_rcv_state_process() without a SYN-ACK for it on that CPU: the
@@ -182,7 +184,8 @@ RX_SK = Field(KFREE, "rx_sk", "Linux 6.11+")
 SYN_CONSUMED = Method(
     signal=(CONSUME, DEV_QUEUE), handlers=("syn",),
     support=(NEIGH_DONE, RETRANSMIT_SYNACK, SET_STATE),
-    requires=(Field(CONSUME, "location", "Linux 6.3+"), Symbol("tcp_rcv_state_process")))
+    requires=(Field(CONSUME, "location", "Linux 6.3+"), Symbol("tcp_rcv_state_process"),
+              SYNACK_FAMILY))
 
 PAWS_DROPPED = Method(signal=(KFREE,), handlers=("paws",),
                       requires=(KFREE_REASON, RX_SK, DropReason("TCP_RFC7323_PAWS",
@@ -256,7 +259,8 @@ class Kind(enum.Enum):
         "a slow handshake",
         "the final ACK was lost, or dropped as `ack_drop`",
         "`tcp_synack_retries`; look for `ack_drop` of the same peer",
-        methods=(Method(signal=(RETRANSMIT_SYNACK,), handlers=("syn",)),),
+        methods=(Method(signal=(RETRANSMIT_SYNACK,), handlers=("syn",),
+                        requires=(SYNACK_FAMILY,)),),
         counted_by=("TCPSynRetrans",),
         reconciles=Reconciles("TCPSynRetrans", exact=False),
         finding=CounterFinding(

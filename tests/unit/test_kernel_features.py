@@ -27,6 +27,8 @@ CONSUME = (DATA / "consume_skb.format").read_text()
 REASONS_618 = tracefs.symbolic_values(KFREE, "print fmt")
 SYMS = {name: (0xFFFFFFFF81000000 + 0x1000 * i, 0xFFFFFFFF81000800 + 0x1000 * i)
         for i, name in enumerate(SYMBOLS)}
+RETRANSMIT = (DATA / "tcp_retransmit_synack.format").read_text()
+RETRANSMIT_FIELDS = frozenset(tracefs.fields(RETRANSMIT))
 NEWER_THAN_612 = ("TCP_LISTEN_OVERFLOW", "TCP_RFC7323_TW_PAWS", "TCP_RFC7323_PAWS_ACK",
                   "TCP_RFC7323_TSECR")
 
@@ -53,7 +55,8 @@ def kernel(release: str = "6.18.44-fc-v669", *, reasons: dict[int, str] | None =
     return KernelFeatures(release=release,
                           reasons=REASONS_618 if reasons is None else reasons,
                           fields={"skb/kfree_skb": frozenset(kfree),
-                                  "skb/consume_skb": frozenset(consume)},
+                                  "skb/consume_skb": frozenset(consume),
+                                  "tcp/tcp_retransmit_synack": RETRANSMIT_FIELDS},
                           tracepoints=frozenset(tracepoints),
                           symbols=SYMS if symbols is None else symbols)
 
@@ -209,6 +212,7 @@ def test_detect_reads_tracefs_kallsyms_and_release(tmp_path, monkeypatch):
         (root / "events" / event / "format").write_text(f"name: {event}\n")
     (root / "events/skb/kfree_skb/format").write_text(KFREE)
     (root / "events/skb/consume_skb/format").write_text(CONSUME)
+    (root / "events/tcp/tcp_retransmit_synack/format").write_text(RETRANSMIT)
     (root / "events/timer/timer_cancel/format").unlink()
     (root / "events/timer/timer_cancel").rmdir()
     (root / "events/timer").rmdir()
@@ -220,8 +224,9 @@ def test_detect_reads_tracefs_kallsyms_and_release(tmp_path, monkeypatch):
     f = features.detect(root, str(kallsyms))
     assert f == KernelFeatures(
         release="6.18.44-fc-v669", reasons=REASONS_618,
-        fields={t: frozenset(tracefs.fields(KFREE if t == "skb/kfree_skb" else
-                                            CONSUME if t == "skb/consume_skb" else ""))
+        fields={t: frozenset(tracefs.fields({"skb/kfree_skb": KFREE, "skb/consume_skb": CONSUME,
+                                             "tcp/tcp_retransmit_synack": RETRANSMIT}
+                                            .get(t, "")))
                 for t in TRACEPOINTS if t != "timer/timer_cancel"},
         tracepoints=frozenset(TRACEPOINTS) - {"timer/timer_cancel"},
         symbols={"tcp_v4_do_rcv": (0xFFFFFFFF81000000, 0xFFFFFFFF81000400),
@@ -229,3 +234,15 @@ def test_detect_reads_tracefs_kallsyms_and_release(tmp_path, monkeypatch):
     av = availability(f)
     assert av["tw_reuse_out"].why == "tracepoint timer/timer_cancel missing"
     assert av["syn_drop"] == ok(VIA_SYN)
+
+
+def test_synack_retransmits_need_the_family_field():
+    k = kernel()
+    old = KernelFeatures(release=k.release, reasons=k.reasons, tracepoints=k.tracepoints,
+                         symbols=k.symbols,
+                         fields=dict(k.fields, **{"tcp/tcp_retransmit_synack":
+                                                  RETRANSMIT_FIELDS - {"family"}}))
+    why = "tcp:tcp_retransmit_synack has no family field (not in Linux 5.10)"
+    av = availability(old)
+    assert av["synack_retrans"] == no(VIA_RETRANS, why)
+    assert av["syn_drop"] == no(VIA_SYN, why)

@@ -26,7 +26,8 @@ def features(release="6.18.44", reasons=REASONS, rx_sk=True, symbols=SYMS) -> Ke
     return KernelFeatures(release=release, reasons=reasons,
                           fields={"skb/kfree_skb": frozenset({"skbaddr", "location", "reason"}
                                                              | ({"rx_sk"} if rx_sk else set())),
-                                  "skb/consume_skb": frozenset({"skbaddr", "location"})},
+                                  "skb/consume_skb": frozenset({"skbaddr", "location"}),
+                                  "tcp/tcp_retransmit_synack": frozenset({"skaddr", "family"})},
                           tracepoints=frozenset(TRACEPOINTS), symbols=symbols)
 
 
