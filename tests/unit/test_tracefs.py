@@ -127,12 +127,10 @@ def test_drop_reasons_empty_without_a_reason_field_or_tracepoint(tmp_path):
         == {1: "NOT_SPECIFIED", 2: "NO_SOCKET", 3: "PKT_TOO_SMALL", 40: "TCP_RFC7323_PAWS"}
 
 
-def test_read_format_and_has_event(tmp_path):
+def test_read_format(tmp_path):
     root = tracing_root(tmp_path, {"skb/consume_skb": CONSUME})
     assert tracefs.read_format("skb/consume_skb", root) == CONSUME
     assert tracefs.read_format("skb/kfree_skb", root) is None
-    assert tracefs.has_event("skb/consume_skb", root)
-    assert not tracefs.has_event("tcp/tcp_retransmit_synack", root)
 
 
 def test_ensure_mounted_leaves_a_mounted_tracefs_alone(tmp_path, monkeypatch):

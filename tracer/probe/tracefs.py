@@ -7,7 +7,6 @@ headers. The same files tell which optional fields (rx_sk, location) exist.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -60,7 +59,3 @@ def drop_reasons(root: Path = TRACEFS) -> dict[int, str]:
     if text is None or "reason" not in fields(text):
         return {}
     return symbolic_values(text, "print fmt")
-
-
-def has_event(event: str, root: Path = TRACEFS) -> bool:
-    return os.path.isdir(root / "events" / event)
