@@ -244,11 +244,6 @@ class Lab:
         for ip in (SERVER4, SERVER6):
             _set_neighbour(cli, c0, ip, self.smac)
 
-    def add_neighbours(self) -> None:
-        """Permanent neighbour entries both ways: SYN-ACKs never wait for ARP/ND."""
-        with _rtnl(self.srv) as srv, _rtnl(self.cli) as cli:
-            self._add_neighbours(srv, _index(srv, "s0"), cli, _index(cli, "c0"))
-
     def add_neighbour(self, ns: str, ip: str, lladdr: str) -> None:
         """A permanent neighbour entry ip -> lladdr on the lab interface of ns (s0 or c0)."""
         with _rtnl(ns) as ipr:

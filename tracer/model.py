@@ -163,6 +163,3 @@ class End:
         return {"type": "end", "ts": round(self.ts, 6), "lost": self.lost,
                 "suppressed": self.suppressed,
                 "counters": [c.to_json() for c in self.counters]}
-
-
-Record = Session | Event | Tally | Counters | End

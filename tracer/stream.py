@@ -12,7 +12,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
 from tracer.model import Counters, End, Event, Session, Tally
 
@@ -45,29 +44,6 @@ class Sink:
     def close(self) -> None:
         """Give back what the sink holds (the terminal, a file). run() calls it last, also
         after an error and when session() never ran; calling it twice does nothing."""
-
-
-class _RecordsOnly(Sink):
-    """A sink written before Sink existed (the five record methods, no base class): its
-    records go through, its hooks are the base's no-ops."""
-
-    def __init__(self, records: Any) -> None:
-        self._records = records
-
-    def session(self, s: Session) -> None:
-        self._records.session(s)
-
-    def event(self, e: Event) -> None:
-        self._records.event(e)
-
-    def tally(self, t: Tally) -> None:
-        self._records.tally(t)
-
-    def counters(self, c: Counters) -> None:
-        self._records.counters(c)
-
-    def end(self, e: End) -> None:
-        self._records.end(e)
 
 
 class SourceFinished(Exception):
@@ -134,8 +110,6 @@ def run(source: Source, sink: Sink, *, duration: float | None = None,
     The sink's flush() follows every batch of events, its tick() every poll.
     """
     flags = flags or StopFlags()
-    if not isinstance(sink, Sink):
-        sink = _RecordsOnly(sink)
     try:
         try:
             _stream(source, sink, duration, periodic, flags, poll_interval, on_started)

@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "filters": VOCABULARY,
     "stream": VOCABULARY,
     "kernel": VOCABULARY,
-    "probe": VOCABULARY | {"filters", "kernel"},
+    "probe": VOCABULARY | {"filters", "kernel", "stream"},
     "reconcile": VOCABULARY,
     "leaderboard": VOCABULARY | {"filters"},
     "recording": VOCABULARY,

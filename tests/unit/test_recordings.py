@@ -26,7 +26,7 @@ from tracer.recording import read
 from tracer.replay import ReplaySource
 from tracer.sinks.recorder import Recorder
 from tracer.sinks.report_view import write
-from tracer.stream import run
+from tracer.stream import Sink, run
 
 T0 = 1_800_000_000.0
 
@@ -219,7 +219,7 @@ def test_replay_feeds_the_same_stream_in_order(tmp_path):
     path = str(tmp_path / "a.ndjson")
     evs = write_recording(path)
 
-    class Collect:
+    class Collect(Sink):
         def __init__(self):
             self.seen = []
 

@@ -25,6 +25,7 @@ from tracer.probe.btf import Btf, BtfError
 from tracer.probe.grace import GraceWindow
 from tracer.probe.load import LoadedProbe, Tuning, build_defines, kernel_hz, release_heap
 from tracer.probe.peer_table import PEER_KEY, summarize
+from tracer.stream import Source
 
 
 def check_environment() -> None:
@@ -44,7 +45,7 @@ def monotonic_ns() -> int:
     return time.monotonic_ns()
 
 
-class LiveSource:
+class LiveSource(Source):
     """Refusals as they happen, from the kernel."""
 
     def __init__(self, selection: RefusalFilter | None = None,
