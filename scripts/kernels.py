@@ -58,6 +58,7 @@ GUEST_MEMORY = "3G"
 DEFAULT_TIMEOUT = 900          # seconds per guest, boot included (availability too)
 BOOT_ALLOWANCE = 120           # of which the command gets all but this
 HOST = "host"                  # the running kernel, in `availability`
+KEEP_RUNS = 20                 # result directories kept under $KERNELS_CACHE/runs
 PROG = "scripts/kernels"
 
 
@@ -470,19 +471,13 @@ def newest_image(opts: list[str], s: Series) -> Package | None:
     out = subprocess.run(["apt-cache", *opts, "search", "--names-only", pattern],
                          capture_output=True, text=True, check=False).stdout
     names = [line.split(" ", 1)[0] for line in out.splitlines() if line.strip()]
-    best: Package | None = None
-    for name in names:
-        ver = candidate_version(opts, name)
-        if ver and (best is None or version_key(ver) > version_key(best.version)):
-            best = Package(name, ver)
-    return best
-
-
-def candidate_version(opts: list[str], name: str) -> str | None:
-    out = subprocess.run(["apt-cache", *opts, "madison", name], capture_output=True,
+    if not names:
+        return None
+    out = subprocess.run(["apt-cache", *opts, "madison", *names], capture_output=True,
                          text=True, check=False).stdout
-    versions = [line.split("|")[1].strip() for line in out.splitlines() if "|" in line]
-    return max(versions, key=version_key) if versions else None
+    found = [Package(*(f.strip() for f in line.split("|")[:2]))
+             for line in out.splitlines() if line.count("|") >= 2]
+    return max(found, key=lambda p: version_key(p.version), default=None)
 
 
 def check_available(opts: list[str], s: Series, pins: Pins) -> None:
@@ -717,6 +712,9 @@ def new_run_dir(layout: Layout, out: str | None) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     layout.runs.mkdir(parents=True, exist_ok=True)
+    old = sorted(p for p in layout.runs.iterdir() if p.is_dir())
+    for stale in old[:max(0, len(old) - KEEP_RUNS + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=layout.runs))
 
 
@@ -836,7 +834,7 @@ def format_availability(results: list[Availability]) -> str:
         for k in a.kinds or {}:
             if k not in kinds:
                 kinds.append(k)
-    rows: list[Sequence[str]] = [("KERNEL", "RELEASE", "KIND", "")]
+    rows: list[Sequence[str]] = [("KERNEL", "RELEASE", "KIND", "STATUS")]
     for a in results:
         if a.kinds is None:
             rows.append((a.kernel, a.release, "*", f"FAILED ({a.error})"))
@@ -979,6 +977,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def availability(layout: Layout, pins: Pins, args: argparse.Namespace) -> int:
     wanted = args.series or [HOST, *pins.series]
+    if os.geteuid() == 0:          # the tracer and its .venv, as ./scripts/run would have them
+        r = subprocess.run([ROOT / "scripts" / "setup"], stdout=sys.stderr, check=False,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise KernelsError(f"scripts/setup failed (exit {r.returncode})")
     guests = pins.select([n for n in wanted if n != HOST]) if any(
         n != HOST for n in wanted) else []
     t0 = time.monotonic()

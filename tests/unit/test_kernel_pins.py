@@ -286,7 +286,7 @@ def test_the_table_has_a_row_per_kernel_and_kind_and_one_per_failed_kernel():
                km.Availability("5.10", "5.10.0-46-amd64", None, "tracer: it broke")]
     text = km.format_availability(results)
     lines = text.splitlines()
-    assert lines[0].split() == ["KERNEL", "RELEASE", "KIND"]
+    assert lines[0].split() == ["KERNEL", "RELEASE", "KIND", "STATUS"]
     assert lines[1].split(None, 3) == ["6.1", "6.1.0-57-amd64", "syn_drop",
                                        "unavailable (skb:consume_skb has no location field "
                                        "(Linux 6.3+))"]
