@@ -322,7 +322,7 @@ def modules_in(top: Path, release: str) -> Path:
 
 def sources_list(s: Series, mirror: str, security: str, keyring: str = KEYRING) -> str:
     """The private apt list for a series' dist: DIST, DIST-updates, DIST-security (main)."""
-    opt = f"[signed-by={keyring}]"
+    opt = f"[arch=amd64 signed-by={keyring}]"
     dist, updates, sec = s.suites
     return (f"deb {opt} {mirror.rstrip('/')} {dist} main\n"
             f"deb {opt} {mirror.rstrip('/')} {updates} main\n"
@@ -330,13 +330,13 @@ def sources_list(s: Series, mirror: str, security: str, keyring: str = KEYRING) 
 
 
 def apt_options(apt_dir: Path) -> list[str]:
-    """apt-get/apt-cache options that keep a series' lists and caches private: the machine's
-    own sources and state are never read or written."""
+    """apt-get/apt-cache options that keep a dist's sources, lists and caches private: the
+    machine's own sources and lists are never read or written (its apt.conf, e.g. a proxy,
+    still applies)."""
     return ["-o", f"Dir::Etc::SourceList={apt_dir / 'sources.list'}",
             "-o", "Dir::Etc::SourceParts=/dev/null",
             "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
             "-o", f"Dir::Cache={apt_dir / 'cache'}",
-            "-o", "APT::Architectures::=amd64",
             "-o", "APT::Sandbox::User=root",
             "-o", "Acquire::Languages=none"]
 
@@ -555,6 +555,8 @@ def fetch(layout: Layout, pins: Pins, selected: list[Series]) -> dict[str, float
     if os.geteuid() != 0:
         raise KernelsError("needs root (apt-get, and booting guests with this machine's root)")
     with locked(layout.lock, exclusive=True):
+        for stale in (layout.cache / "kernels").glob(".*"):      # a killed fetch's leftovers
+            shutil.rmtree(stale, ignore_errors=True)
         ensure_host_packages()
         ensure_vng(layout, pins)
         return {s.name: fetch_series(layout, s, pins) for s in selected}
@@ -766,10 +768,13 @@ class Availability:
     kinds: dict[str, dict] | None   # the session line's kinds; None when it failed
     error: str = ""             # the tracer's one-line error (or why nothing ran)
     seconds: float = 0.0
+    stderr: str = ""            # what the tracer wrote on stderr
+    where: str = ""             # where its output is kept
 
     def to_json(self) -> dict:
         return {"kernel": self.kernel, "release": self.release, "kinds": self.kinds,
-                "error": self.error or None, "seconds": round(self.seconds, 1)}
+                "error": self.error or None, "seconds": round(self.seconds, 1),
+                "stderr_lines": len([ln for ln in self.stderr.splitlines() if ln.strip()])}
 
 
 def parse_watch(stdout: str, stderr: str, rc: int | None) -> tuple[dict | None, str]:
@@ -805,7 +810,7 @@ def host_availability(timeout: int) -> Availability:
         return Availability(HOST, release, None, f"timed out after {timeout} s",
                             time.monotonic() - t0)
     kinds, err = parse_watch(r.stdout, r.stderr, r.returncode)
-    return Availability(HOST, release, kinds, err, time.monotonic() - t0)
+    return Availability(HOST, release, kinds, err, time.monotonic() - t0, r.stderr)
 
 
 def guest_availability(res: GuestResult) -> Availability:
@@ -819,7 +824,8 @@ def guest_availability(res: GuestResult) -> Availability:
     kinds, err = parse_watch(read("stdout"), read("stderr"), res.rc)
     if kinds is None and res.note:
         err = f"{err} ({res.note})"
-    return Availability(res.series, res.release, kinds, err, res.command_s or 0.0)
+    return Availability(res.series, res.release, kinds, err, res.command_s or 0.0,
+                        read("stderr"), str(res.dir))
 
 
 def describe(kind: dict) -> str:
@@ -843,6 +849,21 @@ def format_availability(results: list[Availability]) -> str:
             rows.append((a.kernel, a.release, k,
                          describe(a.kinds[k]) if k in a.kinds else "not reported"))
     return table(rows)
+
+
+def format_notes(results: list[Availability]) -> str:
+    """Kernels on which the tracer started but still wrote to stderr (e.g. compiler
+    warnings), with the first such line."""
+    out = []
+    for a in results:
+        lines = [ln.strip() for ln in a.stderr.splitlines() if ln.strip()]
+        if a.kinds is None or not lines:
+            continue
+        first = next((ln for ln in lines if "warning" in ln or "error" in ln), lines[0])
+        where = f" (all in {a.where}/stderr)" if a.where else ""
+        out.append(f"{a.kernel}: the tracer wrote {len(lines)} lines on stderr, "
+                   f"e.g. {first[:160]}{where}\n")
+    return "".join(out)
 
 
 def format_matrix(results: list[Availability]) -> str:
@@ -959,6 +980,12 @@ def main(argv: list[str] | None = None) -> int:
             out = new_run_dir(layout, args.out)
             results = run_matrix(layout, pins, pins.select(args.series), command, out,
                                  args.timeout)
+            for r in results:
+                if r.rc != 0:          # the end of a failed command's stderr, for CI logs
+                    tail = (r.dir / "stderr").read_text(errors="replace").splitlines()[-5:] \
+                        if (r.dir / "stderr").exists() else []
+                    for line in tail:
+                        print(f"{r.series}| {line}", file=sys.stderr)
             if args.json:
                 print(json.dumps([r.to_json() for r in results], indent=1))
             else:
@@ -1004,6 +1031,8 @@ def availability(layout: Layout, pins: Pins, args: argparse.Namespace) -> int:
     else:
         print(format_matrix(results))
         print(format_availability(results), end="")
+        if notes := format_notes(results):
+            print("\n" + notes, end="")
     say(f"availability: {len(results)} kernels in {total:.1f} s"
         + (f"; outputs in {out}" if out else ""))
     return 0 if all(a.kinds is not None for a in results) else 1

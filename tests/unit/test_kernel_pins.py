@@ -108,9 +108,10 @@ def test_private_sources_list_has_the_dist_its_updates_and_security(pins):
     text = km.sources_list(pins.series["5.10"], "http://mirror.invalid/debian/",
                            "http://mirror.invalid/debian-security", keyring="/k.gpg")
     assert text.splitlines() == [
-        "deb [signed-by=/k.gpg] http://mirror.invalid/debian bullseye main",
-        "deb [signed-by=/k.gpg] http://mirror.invalid/debian bullseye-updates main",
-        "deb [signed-by=/k.gpg] http://mirror.invalid/debian-security bullseye-security main",
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian bullseye main",
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian bullseye-updates main",
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian-security "
+        "bullseye-security main",
     ]
 
 
@@ -301,3 +302,13 @@ def test_the_table_has_a_row_per_kernel_and_kind_and_one_per_failed_kernel():
 def test_versions_order_naturally():
     assert km.version_key("5.10.262-1") > km.version_key("5.10.99-1")
     assert km.version_key("6.1.192-3") > km.version_key("6.1.192-2")
+
+
+def test_notes_name_kernels_whose_tracer_started_but_wrote_to_stderr():
+    warn = "In file included from x.h:1:\nx.h:77:8: warning: 'nocf_check' attribute ignored\n"
+    results = [km.Availability("6.12", "r", SESSION["kinds"], stderr=warn, where="/runs/1/6.12"),
+               km.Availability("6.1", "r", SESSION["kinds"], stderr=""),
+               km.Availability("5.10", "r", None, "tracer: no", stderr="tracer: no\n")]
+    assert km.format_notes(results) == (
+        "6.12: the tracer wrote 2 lines on stderr, e.g. x.h:77:8: warning: 'nocf_check' "
+        "attribute ignored (all in /runs/1/6.12/stderr)\n")
