@@ -630,6 +630,19 @@ def vng_command(layout: Layout, s: Series, gdir: Path, repo: Path = ROOT) -> lis
             "--exec", f"/bin/bash {gdir / 'guest.sh'}"]
 
 
+def group_members(pgid: int) -> list[int]:
+    """The processes still in a process group (vng's: virtme-run, qemu)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
@@ -673,9 +686,9 @@ def boot_one(layout: Layout, s: Series, command: Sequence[str], out: Path,
         finally:
             if proc.poll() is None:
                 _kill_group(proc)
-            # nothing of the guest may outlive it (qemu is in vng's process group)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            for pid in group_members(proc.pid):   # nothing of the guest outlives it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     res.wall_s = time.monotonic() - t0
     if res.boot_s is None and (gdir / "started").exists():
         res.boot_s = res.wall_s

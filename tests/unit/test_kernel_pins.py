@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -312,3 +313,13 @@ def test_notes_name_kernels_whose_tracer_started_but_wrote_to_stderr():
     assert km.format_notes(results) == (
         "6.12: the tracer wrote 2 lines on stderr, e.g. x.h:77:8: warning: 'nocf_check' "
         "attribute ignored (all in /runs/1/6.12/stderr)\n")
+
+
+def test_group_members_finds_what_is_left_of_a_guests_process_group():
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert km.group_members(child.pid) == [child.pid]
+    finally:
+        child.kill()
+        child.wait()
+    assert km.group_members(child.pid) == []
