@@ -3,13 +3,34 @@
 
     scripts/kernels list                          the pins and what is derived from them
     scripts/kernels fetch [SERIES...]             download, unpack, install the tools
-    scripts/kernels run [--series S]... [--timeout S] [--out DIR] -- COMMAND...
+    scripts/kernels run [--series S]... [--timeout S] [--out DIR] [--json] -- COMMAND...
     scripts/kernels availability [--series S]... [--json]
     scripts/kernels newest [SERIES...]            the newest builds in Debian's archive
 
 SERIES are the pin file's sections (5.10, 6.1, 6.12); `availability` also takes `host` (the
-running kernel, no guest). Progress and errors go to stderr, one line each; stdout carries
-only results. Environment:
+running kernel, no guest). Needs root. Progress and errors go to stderr, one line each;
+stdout carries only results.
+
+fetch: the pinned packages through private apt lists (never /etc/apt), unpacked with
+dpkg-deb -x into $KERNELS_CACHE/kernels/RELEASE, with /lib/modules/RELEASE/build and source
+linked to the headers there and depmod run; qemu-system-x86 and busybox-static from the
+machine's apt; virtme-ng from PyPI in $KERNELS_CACHE/vng. Fast and silent when all is there.
+
+run: `fetch`, then one guest per series, one after the other (TCG, 2 CPUs, 3 GiB, no
+network): COMMAND runs as root in the repository (writable; writes vanish), tracefs mounted,
+under `timeout` (--timeout minus 120 s for the boot; default --timeout 900 s per guest, after
+which the host stops the guest). Its environment: MATRIX_OUT (a writable directory that
+reaches the host), MATRIX_SERIES, MATRIX_RELEASE, MATRIX_REPO, and CI when set. Results
+in DIR/SERIES/: stdout, stderr, rc, out/ (MATRIX_OUT), console.log (the guest's console),
+guest.sh, and DIR/summary.json; DIR defaults to a new directory under $KERNELS_CACHE/runs
+(the 20 newest are kept). Exit 0 when COMMAND exited 0 on every kernel, else 1.
+The project's .venv works in the guest (./scripts/setup creates it; `availability` runs it).
+
+availability: `.venv/bin/tracer watch --json --duration 3` on each kernel; prints kind x
+kernel (yes / no / FAILED), then each kind's session-line status: available (via ...),
+unavailable (why), or FAILED (the tracer's one-line error).
+
+Environment:
 
     KERNELS_CACHE                   where kernels, apt state, virtme-ng and runs live
                                     (default /opt/debian-kernels; never inside the repository)
@@ -935,7 +956,8 @@ def newest(layout: Layout, pins: Pins, selected: list[Series]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the pins and the names and paths derived from them")
     p = sub.add_parser("fetch", help="download and unpack the pinned kernels, install tools")
