@@ -188,7 +188,14 @@ def build_defines(features: KernelFeatures, btf: Btf, tuning: Tuning, ncpus: int
 
 def cflags(defines: dict[str, int]) -> list[str]:
     flags = [f"-D{k}={v}{'ULL' if v > 0x7FFFFFFF else ''}" for k, v in sorted(defines.items())]
-    return flags + ["-Wno-macro-redefined"]
+    return flags + QUIET_WARNINGS
+
+
+# Warnings the distributions' own headers raise under bcc's clang (Debian 13's 6.12 headers:
+# nocf_check in asm/ibt.h, a doubled address space in asm/current.h): every start would
+# print them to the user, and none says anything about the tracer's code.
+QUIET_WARNINGS = ["-Wno-macro-redefined", "-Wno-ignored-attributes",
+                  "-Wno-duplicate-decl-specifier"]
 
 
 _LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.M)
