@@ -1,25 +1,41 @@
-"""The `timewait` and `paws` kinds on real refusals (TESTING.md recipes), exact per peer,
-against a ground truth predicted from the sniffed segments and against kernel counters.
+"""The `timewait` and `paws` kinds on real refusals (docs/TESTING.md recipes), exact per
+peer, against a ground truth predicted from the sniffed segments and against kernel counters.
+
+Closing handshakes are ordered by waiting for socket states (the side that closes second
+does so once it has taken the first FIN in), not by pauses.
 """
 
 from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import time
 
 import pytest
 
-from tests.kernel.conftest import delta, settle
+from tests.kernel.conftest import (
+    CLOSE_WAIT,
+    DEADLINE,
+    ESTABLISHED,
+    FIN_WAIT2,
+    SYN_SENT,
+    TIME_WAIT,
+    delta,
+    tcp_sockets,
+    tcp_state,
+    wait_closed,
+    wait_counters,
+    wait_until,
+)
 from tracer.lab import CLIENTS4, SERVER4
-from tracer.packets import ACK, FIN, PSH, SYN, Segment, tcp_options
-
-SYN_SENT = 2
+from tracer.packets import ACK, FIN, PSH, SYN, Segment, Wire, tcp_options
 
 
 def reusable(lab, ns: str) -> socket.socket:
     s = lab.socket_in(ns)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(DEADLINE)
     return s
 
 
@@ -27,8 +43,27 @@ def server(lab, port: int) -> socket.socket:
     s = reusable(lab, lab.srv)
     s.bind((SERVER4, port))
     s.listen(64)
-    s.settimeout(2)
     return s
+
+
+def close_in_turn(lab, first: socket.socket, second: socket.socket, first_ns: str) -> None:
+    """first closes, then second once it has taken first's FIN in (CLOSE_WAIT), so the
+    close is not simultaneous and first keeps the TIME-WAIT. Returns once it holds it and
+    the other side's socket is gone (it has taken the last ACK in)."""
+    here, there = first.getsockname()[:2], first.getpeername()[:2]
+    second_ns = lab.cli if first_ns == lab.srv else lab.srv
+    first.close()
+    wait_until(lambda: tcp_state(second) == CLOSE_WAIT, what=f"{there} in CLOSE_WAIT")
+    second.close()
+
+    def done() -> bool:
+        mine = [st for local, remote, st in tcp_sockets(first_ns)
+                if (local, remote) == (here, there)]
+        theirs = [st for local, remote, st in tcp_sockets(second_ns)
+                  if (local, remote) == (there, here)]
+        return mine == [TIME_WAIT] and theirs == []
+
+    wait_until(done, what=f"{here} -> {there} in TIME-WAIT, its peer closed")
 
 
 def exchange(lab, lsock: socket.socket, ip: str, cport: int, sport: int,
@@ -38,15 +73,15 @@ def exchange(lab, lsock: socket.socket, ip: str, cport: int, sport: int,
     c.bind((ip, cport))
     c.connect((SERVER4, sport))
     child, _ = lsock.accept()
+    child.settimeout(DEADLINE)
     c.send(b"hello")
     child.recv(16)
     child.send(b"world")
     c.recv(16)
-    first, second = (child, c) if server_first else (c, child)
-    first.close()
-    time.sleep(0.02)
-    second.close()
-    time.sleep(0.02)
+    if server_first:
+        close_in_turn(lab, child, c, lab.srv)
+    else:
+        close_in_turn(lab, c, child, lab.cli)
 
 
 def test_tw_reuse_out_explicit_bind_exact_per_local_address(tracer, lab):
@@ -65,7 +100,15 @@ def test_tw_reuse_out_explicit_bind_exact_per_local_address(tracer, lab):
             c.connect((SERVER4, 9100))                     # takes the client's TIME-WAIT over
             reconnected[(ip, 50000 + 10 * i + j)] = c
             lsock.accept()[0].close()
-    settle()
+    # The server's FINs are taken in and acknowledged (the ACK of a FIN may be delayed):
+    # every client in CLOSE_WAIT, every server child in FIN_WAIT2.
+    def half_closed() -> bool:
+        children = [st for _, remote, st in tcp_sockets(lab.srv) if remote in reconnected]
+        return (all(tcp_state(c) == CLOSE_WAIT for c in reconnected.values())
+                and children == [FIN_WAIT2] * len(reconnected))
+
+    wait_until(half_closed, what="every reconnection half closed by the server")
+    tracer.settle(lab)
     after = lab.counters(lab.cli)
     netns = lab.inode(lab.cli)
     events = tracer.events(netns, "tw_reuse_out")
@@ -93,17 +136,19 @@ def test_tw_reuse_out_one_port_range(tracer, lab):
     before = lab.counters(lab.cli)
     for _ in range(rounds + 1):
         c = lab.socket_in(lab.cli)
+        c.settimeout(DEADLINE)
         c.setsockopt(socket.IPPROTO_IP, 24, 1)             # IP_BIND_ADDRESS_NO_PORT
         c.bind((ip, 0))
         c.connect((SERVER4, 9101))                         # the only port: reuses its TW
         child, _ = lsock.accept()
+        child.settimeout(DEADLINE)
         c.send(b"x")
         child.recv(4)
-        c.close()                                          # client first: client keeps TW
-        time.sleep(0.02)
-        child.close()
-        time.sleep(0.2)                                    # > tcp_tw_reuse_delay
-    settle()
+        close_in_turn(lab, c, child, lab.cli)              # client first: client keeps TW
+        # The kernel reuses a TIME-WAIT only once it is older than tcp_tw_reuse_delay:
+        # a minimum age the next connect needs, which a slow machine only exceeds.
+        time.sleep(0.2)
+    tracer.settle(lab)
     netns = lab.inode(lab.cli)
     assert delta(before, lab.counters(lab.cli), "TWRecycled") == rounds
     assert tracer.per_peer(netns, "tw_reuse_out") == {SERVER4: rounds}
@@ -123,7 +168,8 @@ def test_tw_reuse_in_monotonic_reconnects_are_never_tw_paws(tracer, lab):
         c.connect((SERVER4, 9102))
         lsock.accept()[0].close()
         c.close()
-    settle()
+    wait_closed(lab)
+    tracer.settle(lab)
     netns = lab.inode(lab.srv)
     assert tracer.per_peer(netns, "tw_reuse_in") == {ip: 1 for ip in CLIENTS4[:3]}
     assert tracer.tally_per_peer(netns, "tw_reuse_in") == {ip: 1 for ip in CLIENTS4[:3]}
@@ -132,9 +178,12 @@ def test_tw_reuse_in_monotonic_reconnects_are_never_tw_paws(tracer, lab):
     lsock.close()
 
 
-def last_client_segment(wire, ip: str, cport: int) -> Segment:
-    """The newest segment the client sent on this 4-tuple (its FIN), from the sniffer."""
-    wire._pump(0.05)
+def last_client_segment(wire: Wire, ip: str, cport: int) -> Segment:
+    """The newest segment the client sent on this 4-tuple (its FIN), from the sniffer.
+
+    Called once the connection is closed on both sides: every segment of it was sent, so
+    it is queued on the sniffer."""
+    wire._pump(0)
     mine = [seg for ptype, seg in wire.seen
             if ptype == 4 and seg.src == ip and seg.sport == cport]
     assert mine, f"no segments of {ip}:{cport} sniffed"
@@ -158,13 +207,14 @@ def test_tw_paws_crafted_old_timestamps_exact_per_peer(tracer, lab):
         for _ in range(k):
             wire.send(Segment(ip, SERVER4, last.sport, 9103, SYN, seq=last.seq + 100000,
                               options=tcp_options(mss=1460, ts=(last.ts[0] - 1000, 0))))
-    time.sleep(0.1)
+    # Every old SYN was refused before a newer one takes the TIME-WAIT over.
+    wait_counters(lab, lab.srv, before, {"PAWSTimewait": sum(truth.values())})
     for ip in truth:                                        # newer clock: takes the TW over
         last = lasts[ip]
         wire.send(Segment(ip, SERVER4, last.sport, 9103, SYN, seq=last.seq + 200000,
                           options=tcp_options(mss=1460, ts=(last.ts[0] + 1000, 0))))
     wire.close()
-    settle()
+    tracer.settle(lab)
     after = lab.counters(lab.srv)
     netns = lab.inode(lab.srv)
     assert tracer.per_peer(netns, "tw_paws") == truth
@@ -201,7 +251,7 @@ def test_tw_paws_real_reconnects_with_a_changed_timestamp_clock(tracer, lab):
         c.connect((SERVER4, 9104))
         lsock.accept()[0].close()
         syn = wire.expect(lambda p, i=ip, q=port: p.src == i and p.sport == q and p.flags & SYN,
-                          1, outgoing=True)
+                          DEADLINE, outgoing=True)
         assert syn is not None and syn.ts is not None
         older = ((syn.ts[0] - lasts[(ip, port)].ts[0]) & 0xFFFFFFFF) >> 31
         if older:
@@ -211,7 +261,8 @@ def test_tw_paws_real_reconnects_with_a_changed_timestamp_clock(tracer, lab):
         c.close()
         wire.flush()
     wire.close()
-    settle()
+    wait_closed(lab)
+    tracer.settle(lab)
     netns = lab.inode(lab.srv)
     predicted = {ip: n for ip, n in predicted.items() if n}
     accepted = {ip: n for ip, n in accepted.items() if n}
@@ -225,26 +276,40 @@ def test_tw_paws_real_reconnects_with_a_changed_timestamp_clock(tracer, lab):
 def established(lab, lsock, wire, ip: str, cport: int):
     """A live connection and the sniffed state needed to forge segments on it."""
     c = lab.socket_in(lab.cli)
+    c.settimeout(DEADLINE)
     c.bind((ip, cport))
     c.connect((SERVER4, lsock.getsockname()[1]))
     child, _ = lsock.accept()
+    child.settimeout(DEADLINE)
     c.send(b"hello")
     child.recv(16)
     child.send(b"world")
     c.recv(16)
-    time.sleep(0.25)                                       # delayed ACKs are out
-    wire._pump(0.05)
-    sent = [s for t, s in wire.seen if t == 4 and s.src == ip and s.sport == cport]
-    got = [s for t, s in wire.seen if t != 4 and s.dst == ip and s.dport == cport]
-    last_c, last_s = sent[-1], got[-1]
-    c_nxt = max(s.seq + len(s.payload) for s in sent)
-    s_nxt = max(s.seq + len(s.payload) for s in got)
+
+    def acked() -> tuple | None:
+        """The last segment of each side once each has acknowledged all the other sent
+        (no delayed ACK still to come, so they stay the last ones)."""
+        wire._pump(0.005)
+        sent = [s for t, s in wire.seen if t == 4 and s.src == ip and s.sport == cport]
+        got = [s for t, s in wire.seen if t != 4 and s.dst == ip and s.dport == cport]
+        if not sent or not got:
+            return None
+        c_nxt = max(s.seq + len(s.payload) for s in sent)
+        s_nxt = max(s.seq + len(s.payload) for s in got)
+        if sent[-1].ack != s_nxt or got[-1].ack != c_nxt:
+            return None
+        return sent[-1], got[-1], c_nxt, s_nxt
+
+    last_c, last_s, c_nxt, s_nxt = wait_until(acked, what=f"{ip}:{cport}'s data acknowledged")
     return c, child, last_c, last_s, c_nxt, s_nxt
 
 
 @pytest.mark.parametrize("variant", ["old_data", "old_pure_ack", "in_seq_ack_slightly_old",
                                      "in_seq_ack_very_old"])
 def test_paws_on_established_connections(tracer, lab, variant):
+    # At most one duplicate ACK per connection answers the refused segments, however slowly
+    # they arrive (the default rate limit is 0.5 s): TCPACKSkippedPAWS is then exact.
+    lab.sysctl(lab.srv, "net.ipv4.tcp_invalid_ratelimit", "60000")
     lsock = server(lab, 9105)
     wire = lab.client_wire()
     truth = dict(zip(CLIENTS4, random.Random(5).sample(range(1, 6), 4), strict=True))
@@ -268,11 +333,13 @@ def test_paws_on_established_connections(tracer, lab, variant):
                 seg = Segment(ip, SERVER4, last_c.sport, 9105, ACK, seq=c_nxt, ack=s_nxt,
                               window=last_c.window, options=tcp_options(ts=(tsval - age, tsecr)))
             wire.send(seg)
-    time.sleep(0.1)
+    total = sum(truth.values())
+    counter = "PAWSOldAck" if variant == "old_pure_ack" else "PAWSEstab"
+    if variant != "in_seq_ack_slightly_old":
+        wait_counters(lab, lab.srv, before, {counter: total})
+    tracer.settle(lab)                      # every forged segment was taken in
     after = lab.counters(lab.srv)
     netns = lab.inode(lab.srv)
-    settle()
-    total = sum(truth.values())
     if variant == "in_seq_ack_slightly_old":
         assert tracer.events(netns) == []
         assert tracer.tally(netns) == {}
@@ -282,7 +349,6 @@ def test_paws_on_established_connections(tracer, lab, variant):
         assert tracer.per_peer(netns, "paws") == truth
         assert tracer.tally_per_peer(netns, "paws") == truth
         assert {e["reason"] for e in tracer.events(netns)} == {reason}
-        counter = "PAWSOldAck" if variant == "old_pure_ack" else "PAWSEstab"
         assert delta(before, after, counter) == total
         if variant == "in_seq_ack_very_old":
             assert delta(before, after, "TCPACKSkippedPAWS") == total - len(truth)
@@ -298,10 +364,11 @@ def test_paws_on_established_connections(tracer, lab, variant):
 @pytest.mark.parametrize("tsecr_shift", [1_000_000, 0])
 def test_paws_active_synack_with_impossible_echo(tracer, lab, tsecr_shift):
     ghost = "10.213.0.77"
-    lab.sysctl(lab.cli, "net.ipv4.tcp_syn_retries", "1")
-    from tracer.lab import run
-    run("ip", "neigh", "replace", ghost, "lladdr", lab.smac, "dev", "c0", "nud", "permanent",
-        ns=lab.cli)
+    # The refused sockets stay in SYN_SENT for the whole test (minutes of retries, which
+    # nobody answers), however long the test takes.
+    lab.sysctl(lab.cli, "net.ipv4.tcp_syn_retries", "10")
+    subprocess.run(["ip", "-n", lab.cli, "neigh", "replace", ghost, "lladdr", lab.smac,
+                    "dev", "c0", "nud", "permanent"], check=True, timeout=20)
     answer = lab.server_wire()
     before = lab.counters(lab.cli)
     truth = dict(zip(CLIENTS4, random.Random(6).sample(range(1, 5), 4), strict=True))
@@ -313,19 +380,26 @@ def test_paws_active_synack_with_impossible_echo(tracer, lab, tsecr_shift):
             s.bind((ip, 0))
             s.connect_ex((ghost, 7777))
             socks.append(s)
-            syn = answer.expect(lambda p: p.dst == ghost and p.flags == SYN, 1)
+            mine = s.getsockname()
+            # This socket's SYN (a retransmission of an earlier one is never answered).
+            syn = answer.expect(lambda p, m=mine: p.dst == ghost and (p.src, p.sport) == m
+                                and p.flags == SYN, DEADLINE)
             assert syn is not None and syn.ts is not None
             answer.send(Segment(ghost, syn.src, 7777, syn.sport, SYN | ACK, seq=123456,
                                 ack=syn.seq + 1,
                                 options=tcp_options(mss=1460, sack_perm=True,
                                                     ts=(123456, syn.ts[0] + tsecr_shift),
                                                     wscale=7)))
-    time.sleep(0.2)
-    states = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] for s in socks]
+    if tsecr_shift:
+        wait_counters(lab, lab.cli, before, {"PAWSActive": sum(truth.values())})
+    else:
+        wait_until(lambda: all(tcp_state(s) == ESTABLISHED for s in socks),
+                   what="every client connected")
+    states = [tcp_state(s) for s in socks]
     for s in socks:
         s.close()
     answer.close()
-    settle()
+    tracer.settle(lab)
     netns = lab.inode(lab.cli)
     after = lab.counters(lab.cli)
     if tsecr_shift:
