@@ -525,7 +525,7 @@ def connect_nb(lab: Lab, src: str, dst: str, port: int) -> socket.socket:
 
 
 def fill_accept_queue(lab: Lab, dst: str, port: int, n: int,
-                      listener: socket.socket | None = None) -> list[socket.socket]:
+                      listener: socket.socket) -> list[socket.socket]:
     """n completed connections nobody accepts (n = backlog + 1 fills the queue); returns
     once the listener has queued all n (a client's connect() ends before the server has
     taken its last ACK in)."""
@@ -536,8 +536,7 @@ def fill_accept_queue(lab: Lab, dst: str, port: int, n: int,
         s.settimeout(DEADLINE)
         s.connect((dst, port))
         out.append(s)
-    if listener is not None:
-        wait_until(lambda: queued(listener) == n, what=f"{n} connections queued on port {port}")
+    wait_until(lambda: queued(listener) == n, what=f"{n} connections queued on port {port}")
     return out
 
 
@@ -573,14 +572,6 @@ def accept_queue_drops(lab: Lab, port: int, per_ip: dict[str, int]) -> None:
     n = send_syns(lab, SERVER4, port, per_ip)
     wait_counters(lab, lab.srv, before, {"ListenDrops": n})
     close_all(fill + [listener])
-
-
-SETTLE = 0.7              # > grace window (0.3 s) + drain period (0.1 s); being replaced
-
-
-def settle(seconds: float = SETTLE) -> None:
-    """Being replaced by View.settle() (a barrier) in every test."""
-    time.sleep(seconds)
 
 
 def read_line(stream: IO[str], timeout: float = DEADLINE) -> str:

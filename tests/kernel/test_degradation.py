@@ -12,15 +12,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 
-from tests.kernel.conftest import ROOT, accept_queue_drops
+from tests.kernel.conftest import ROOT, STARTUP, accept_queue_drops, read_line
 from tracer.lab import CLIENTS4, Lab
 
 PY = sys.executable
 
 
 def tracer(*args: str, prepare: str = "", env: dict | None = None,
-           timeout: float = 90) -> subprocess.CompletedProcess[str]:
+           timeout: float = STARTUP) -> subprocess.CompletedProcess[str]:
     """`python -m tracer ARGS` in a private mount namespace after the fixed shell `prepare`."""
     script = f"{prepare}\nexec \"$0\" -m tracer \"$@\""
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
@@ -43,9 +44,12 @@ def test_missing_drop_reasons_disable_exactly_their_kinds_and_the_rest_counts():
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ, **hide})
         assert proc.stdout is not None
-        session = json.loads(proc.stdout.readline())
+        session = json.loads(read_line(proc.stdout, STARTUP))
+        started = time.monotonic()
         truth = {CLIENTS4[0]: 2, CLIENTS4[1]: 1}
-        accept_queue_drops(lab, 9701, truth)
+        accept_queue_drops(lab, 9701, truth)     # counted by the kernel: in the final tally
+        # A precondition, not a check of the tracer: all traffic happened while it ran.
+        assert time.monotonic() - started < 2.5, "the traffic outlasted --duration"
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     kinds = session["kinds"]

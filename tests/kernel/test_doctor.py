@@ -3,13 +3,15 @@ its queue, its owning process and the counter that moved, and suggests the live 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
-from tests.kernel.conftest import connect_nb, fill_accept_queue
+from tests.kernel.conftest import DEADLINE, fill_accept_queue, send_syns
 from tracer.lab import CLIENTS4, SERVER4, SERVER6, Lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,15 +30,30 @@ def test_full_listener_is_the_first_finding(lab: Lab) -> None:
     idle = lab.socket_in(lab.srv, family=10)           # an IPv6 listener with room: no finding
     idle.bind((SERVER6, port + 1))
     idle.listen(16)
-    held = fill_accept_queue(lab, SERVER4, port, 2)    # 2 queued on backlog 1: full
+    held = fill_accept_queue(lab, SERVER4, port, 2, listener)   # 2 queued on backlog 1: full
     proc = doctor("--netns", lab.srv, "--json", "--sample", "1.5")
-    time.sleep(0.5)                                    # SYNs dropped during the sample
-    syns = [connect_nb(lab, ip, SERVER4, port) for ip in CLIENTS4]
+    # SYNs dropped during the sample, whenever the doctor's sample begins: rounds of one
+    # raw SYN per client address until it exits (each round's SYNs from fresh ports).
+    stop = threading.Event()
+
+    def drops() -> None:
+        deadline = time.monotonic() + 2 * DEADLINE
+        for n in itertools.count():
+            if stop.is_set() or n >= 2000 or time.monotonic() > deadline:
+                return
+            send_syns(lab, SERVER4, port, dict.fromkeys(CLIENTS4, 1),
+                      first_port=20000 + n * len(CLIENTS4))
+            stop.wait(0.05)                            # pacing: 80 SYNs a second
+
+    sender = threading.Thread(target=drops)
+    sender.start()
     try:
         out, err = proc.communicate(timeout=60)
     finally:
+        stop.set()
+        sender.join()
         proc.kill()
-        for s in syns + held + [listener, idle]:
+        for s in held + [listener, idle]:
             s.close()
     assert proc.returncode == 0, err
     report = json.loads(out)

@@ -9,11 +9,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.kernel.conftest import ROOT, connect_nb, fill_accept_queue
+from tests.kernel.conftest import (
+    DEADLINE,
+    ROOT,
+    STARTUP,
+    fill_accept_queue,
+    read_line,
+    send_syns,
+    wait_until,
+)
 from tracer.lab import CLIENTS4, SERVER4, Lab
 
 TMUX = shutil.which("tmux")
@@ -33,33 +40,31 @@ def test_live_shows_refused_peers_and_q_restores_the_terminal(lab, tmp_path):
                f" echo rc=$? > {status}; stty -a >> {status}")
     tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", command)
     try:
-        deadline = time.monotonic() + 60
-        while "tcp refusal tracer" not in tmux("capture-pane", "-t", session, "-p"):
-            assert time.monotonic() < deadline, "the board never appeared"
-            time.sleep(0.2)
+        wait_until(lambda: "tcp refusal tracer" in tmux("capture-pane", "-t", session, "-p"),
+                   STARTUP, "the board")
         listener = lab.socket_in(lab.srv)
         listener.bind((SERVER4, 9300))
         listener.listen(2)
-        fill = fill_accept_queue(lab, SERVER4, 9300, 3)
+        fill = fill_accept_queue(lab, SERVER4, 9300, 3, listener)
         truth = {CLIENTS4[0]: 4, CLIENTS4[1]: 1, CLIENTS4[2]: 3, CLIENTS4[3]: 2}
-        socks = [connect_nb(lab, ip, SERVER4, 9300) for ip, k in truth.items() for _ in range(k)]
-        deadline = time.monotonic() + 10
-        while True:
+        send_syns(lab, SERVER4, 9300, truth)      # raw SYNs: none is ever retransmitted
+        screen = ""
+
+        def board_shows_truth() -> bool:
+            nonlocal screen
             screen = tmux("capture-pane", "-t", session, "-p")
             rows = {m.group(1): int(m.group(2)) for m in
                     re.finditer(r"^\s*\d+\s+(10\.213\.0\.\d+)\s+(\d+)\s", screen, re.M)}
-            if rows == truth and "100%" in screen:
-                break
-            assert time.monotonic() < deadline, f"board never showed {truth}:\n{screen}"
-            time.sleep(0.3)
+            return rows == truth and "100%" in screen
+
+        wait_until(board_shows_truth, what=lambda: f"the board to show {truth}:\n{screen}")
         assert re.search(r"ListenDrops\s+\+10\s+10 100%", screen), screen
-        for s in socks + fill:
+        for s in fill:
             s.close()
+        listener.close()
         tmux("send-keys", "-t", session, "q")
-        deadline = time.monotonic() + 15
-        while not status.exists() or "speed" not in status.read_text():
-            assert time.monotonic() < deadline, "q did not end tracer live"
-            time.sleep(0.2)
+        wait_until(lambda: status.exists() and "speed" in status.read_text(), DEADLINE,
+                   "q to end tracer live")
         text = status.read_text()
         assert text.startswith("rc=0")
         assert " icanon" in text and " echo" in text, "terminal left in cbreak mode"
@@ -77,13 +82,13 @@ def test_demo_headless_makes_every_available_kind_and_cleans_up_even_after_a_kil
     killed = subprocess.Popen([sys.executable, "-m", "tracer", "demo", "--headless"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True)
-    assert killed.stdout is not None and "session" in killed.stdout.readline()
+    assert killed.stdout is not None and "session" in read_line(killed.stdout, STARTUP)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=10)
     assert demo_namespaces(killed.pid), "a killed demo leaves its namespaces behind"
 
     r = subprocess.run([sys.executable, "-m", "tracer", "demo", "--headless", "--duration", "10"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=STARTUP)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""                                  # no scene failed
     lines = [json.loads(x) for x in r.stdout.splitlines()]

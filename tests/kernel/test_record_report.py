@@ -8,9 +8,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
-from tests.kernel.conftest import ROOT, accept_queue_drops
+from tests.kernel.conftest import ROOT, STARTUP, accept_queue_drops, wait_until
 from tracer.lab import CLIENTS4, Lab
 
 TRUTH = {CLIENTS4[0]: 5, CLIENTS4[1]: 2, CLIENTS4[2]: 4, CLIENTS4[3]: 1}
@@ -21,10 +20,11 @@ def record(path, lab: Lab, *extra: str) -> subprocess.Popen[str]:
                              "--netns", lab.srv, "--max-events-per-second", "0", *extra],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 60
-    while not has_session_line(path):
-        assert proc.poll() is None and time.monotonic() < deadline, "no session line"
-        time.sleep(0.1)
+    def started() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        return has_session_line(path)
+
+    wait_until(started, STARTUP, "the recording's session line")
     return proc
 
 
@@ -39,6 +39,16 @@ def has_session_line(path) -> bool:
         return False
 
 
+def recorded_drops(path) -> dict[str, int]:
+    """syn_drop events per peer in the complete lines of a plain recording being written."""
+    out: dict[str, int] = {}
+    for raw in path.read_bytes().split(b"\n")[:-1]:
+        line = json.loads(raw)
+        if line["type"] == "event" and line["kind"] == "syn_drop":
+            out[line["peer"]] = out.get(line["peer"], 0) + 1
+    return out
+
+
 def report(*args: str) -> dict:
     r = subprocess.run([sys.executable, "-m", "tracer", "report", *args, "--format", "json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -50,8 +60,9 @@ def test_clean_recording_report_equals_its_tally_and_listendrops(tmp_path):
     path = tmp_path / "clean.ndjson.gz"
     with Lab("rec1", prefix="rtk") as lab:
         proc = record(path, lab)
+        # Returns once the kernel counted every drop: the recorder, stopped, drains its
+        # ring buffer and writes an exact tally of them.
         accept_queue_drops(lab, 9400, TRUTH)
-        time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
     out = report(str(path))
@@ -70,7 +81,8 @@ def test_killed_recorder_still_reports_exact_per_peer_totals(tmp_path):
     with Lab("rec2", prefix="rtk") as lab:
         proc = record(path, lab)
         accept_queue_drops(lab, 9401, TRUTH)
-        time.sleep(0.8)
+        wait_until(lambda: recorded_drops(path) == TRUTH,
+                   what=lambda: f"every refusal recorded (so far {recorded_drops(path)})")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     out = report(str(path))

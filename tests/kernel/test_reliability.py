@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import ROOT, accept_queue_drops
+from tests.kernel.conftest import ROOT, STARTUP, accept_queue_drops, wait_until
 from tracer.lab import CLIENTS4, Lab
 from tracer.recording import read
 
@@ -48,12 +48,26 @@ def programs_of(pid: int) -> set[int]:
 def start_recording(path: Path, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*TRACER, "record", "-o", str(path), *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (path.exists() and b"\n" in path.read_bytes()[:65536]):
+
+    def session_line() -> bool:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no session line within 60 s"
-        time.sleep(0.05)
+        return path.exists() and b"\n" in path.read_bytes()[:65536]
+
+    wait_until(session_line, STARTUP, "the recording's session line")
     return proc
+
+
+def recorded(path: Path) -> list[dict]:
+    """The complete lines of a plain recording being written (flushed line by line)."""
+    return [json.loads(x) for x in path.read_bytes().split(b"\n")[:-1]]
+
+
+def events_per_peer(lines: list[dict]) -> dict[str, int]:
+    per_peer: dict[str, int] = {}
+    for e in lines:
+        if e["type"] == "event" and e["kind"] == "syn_drop":
+            per_peer[e["peer"]] = per_peer.get(e["peer"], 0) + 1
+    return per_peer
 
 
 def wait_gone(ids: set[int], timeout: float = 10) -> set[int]:
@@ -73,8 +87,7 @@ def test_stopping_signals_detach_everything_and_end_the_recording(tmp_path, sig)
     try:
         mine = programs_of(proc.pid)
         assert len(mine) >= 5, "the tracer's programs are loaded"
-        time.sleep(0.3)
-        proc.send_signal(sig)
+        proc.send_signal(sig)                           # handlers are set before the session
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
         proc.kill()
@@ -91,7 +104,15 @@ def test_sigkill_keeps_complete_lines_and_the_next_start_works(tmp_path):
                                "--interval", "0.2")
         mine = programs_of(proc.pid)
         accept_queue_drops(lab, 9501, TRUTH)
-        time.sleep(1.2)                                 # a tally with every refusal
+
+        def complete() -> bool:
+            """Every refusal's event, and a periodic tally that counts them all."""
+            lines = recorded(path)
+            tallies = [x for x in lines if x["type"] == "tally"]
+            return events_per_peer(lines) == TRUTH and bool(tallies) and {
+                r["peer"]: r["count"] for r in tallies[-1]["rows"]} == TRUTH
+
+        wait_until(complete, what="a recording holding every refusal and a tally of them")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert wait_gone(mine) == set(), "the kernel detached the killed tracer's programs"
@@ -116,8 +137,9 @@ def test_two_tracers_count_the_same_refusals_independently(tmp_path):
         second = start_recording(tmp_path / "b.ndjson", "--netns", lab.srv, "--kind",
                                  "syn_drop")
         try:
+            # Returns once the kernel counted every drop: the exact tally each tracer writes
+            # when it stops holds them all.
             accept_queue_drops(lab, 9502, TRUTH)
-            time.sleep(1.0)
         finally:
             for proc in (first, second):
                 proc.send_signal(signal.SIGINT)
