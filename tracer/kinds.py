@@ -361,8 +361,9 @@ class Kind(enum.Enum):
 
     @property
     def label(self) -> str:
-        """The stable name used in JSON, files and metrics (`syn_drop`)."""
-        return self.name.lower()
+        """The stable name used in JSON, files and metrics (`syn_drop`); looked up, not
+        built: every event's JSON line asks for it."""
+        return _LABELS[self]
 
     @property
     def category(self) -> Category:
@@ -389,6 +390,7 @@ class Kind(enum.Enum):
 
 
 _BY_ID: dict[int, Kind] = {k.id: k for k in Kind}
+_LABELS: dict[Kind, str] = {k: k.name.lower() for k in Kind}
 KIND_LABELS: tuple[str, ...] = tuple(k.label for k in Kind)
 
 
